@@ -1,0 +1,258 @@
+"""The contract between the core and a provider plugin.
+
+A plugin registers one `Provider` per backend (through the `register_providers` hook). The
+provider is a pure description: its price table, its capability table, and `offers()`, which
+maps a normalized request onto the provider's own parameters without any I/O. For the wire it
+builds a `ProviderClient` bound to one config and one `httpx.AsyncClient`; the router owns
+retries, failover and polling cadence, so a client makes exactly one HTTP attempt per call.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from .errors import MissingApiKeyError
+
+if TYPE_CHECKING:
+    from .emulation import EmulatorApp, EmulatorOptions
+    from .offers import Offer
+    from .pricing import PriceTable
+    from .request import ImageRequest, ModelName, Operation
+
+__all__ = [
+    "FreeCheck",
+    "LoadedImage",
+    "Provider",
+    "ProviderClient",
+    "ProviderSettings",
+    "Submission",
+    "TaskSpec",
+    "TaskState",
+    "TaskStatus",
+]
+
+
+class ProviderSettings(BaseModel):
+    """`providers.<name>` in the config. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    api_key: SecretStr | None = None
+    # Set when api_key was `${VAR}` and VAR was unset at load: resolved again at use time,
+    # so quoting works without keys.
+    api_key_env: str | None = None
+    base_url: str | None = None
+    timeout: float = Field(default=60.0, gt=0, description="seconds per HTTP request")
+    poll_interval: float = Field(default=2.0, gt=0, description="seconds between polls")
+    poll_deadline: float = Field(default=900.0, gt=0, description="seconds a job may run")
+    prices: dict[str, Any] = Field(default_factory=dict)
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+
+    def resolve_api_key(self, provider: Provider) -> SecretStr:
+        """The key to use now, or MissingApiKeyError naming the variable to set."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key
+        env_var = self.api_key_env or provider.key_env_var
+        value = os.environ.get(env_var, "")
+        if value:
+            return SecretStr(value)
+        raise MissingApiKeyError(provider.name, env_var)
+
+    def resolve_base_url(self, provider: Provider) -> str:
+        env_url = os.environ.get(provider.base_url_env_var)
+        url = self.base_url or env_url or provider.default_base_url
+        return url.rstrip("/")
+
+
+class TaskState(StrEnum):
+    """A provider job's state, normalized across every provider's spelling."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial_succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (TaskState.QUEUED, TaskState.RUNNING)
+
+    @property
+    def produced_images(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.PARTIAL)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An edit input read from disk or bytes and checked (magic bytes, size cap, decodes)."""
+
+    name: str
+    data: bytes = field(repr=False)
+    mime_type: str
+    filename: str
+    width: int
+    height: int
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One paid task to create. `task_id` is ours (Runflow `client_ref`, RunAPI
+    `X-Client-Request-Id`); `idempotency_key` stays the same for every retry of this task."""
+
+    task_id: str
+    idempotency_key: str
+    prompt: str
+    model: ModelName
+    operation: Operation
+    num_images: int
+    params: Mapping[str, Any]
+    input_urls: tuple[str, ...] = ()
+    mask_url: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The provider's answer to a create. `poll_ref` is what `ProviderClient.get` needs to
+    poll it again later, even from another process (it is stored in the ledger)."""
+
+    provider: str
+    task_id: str
+    poll_ref: str
+    state: TaskState
+    replayed: bool = False
+    request_id: str | None = None
+    billed_usd: Decimal | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One poll's answer, normalized."""
+
+    state: TaskState
+    image_urls: tuple[str, ...] = ()
+    billed_usd: Decimal | None = None
+    error: str | None = None
+    error_code: str | None = None
+    urls_expire_at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+
+@dataclass(frozen=True)
+class FreeCheck:
+    """The result of a free (unbilled) check: a balance or health endpoint."""
+
+    ok: bool
+    detail: str = ""
+    balance_usd: Decimal | None = None
+
+
+class Provider(ABC):
+    """A backend, as a plugin describes it. Subclass it and register an instance."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    key_env_var: ClassVar[str]
+    base_url_env_var: ClassVar[str]
+    default_base_url: ClassVar[str]
+    # True when retrying a create with the same idempotency key can never make a second job.
+    idempotent_creates: ClassVar[bool] = False
+    # True when `ProviderClient.find` can look a task up by our task id (reconciliation).
+    can_find_by_task_id: ClassVar[bool] = False
+    docs_url: ClassVar[str] = ""
+
+    @abstractmethod
+    def price_table(self) -> PriceTable:
+        """The shipped price table (before the user's overrides)."""
+
+    def capabilities(self) -> Mapping[str, Any]:
+        """The shipped capability table (limits as data), before the user's overrides."""
+        return {}
+
+    @abstractmethod
+    def offers(
+        self,
+        request: ImageRequest,
+        *,
+        prices: PriceTable,
+        capabilities: Mapping[str, Any],
+    ) -> list[Offer]:
+        """Every way this provider could serve `request` (eligible or not, with reasons).
+        Pure: no I/O. Usually one offer."""
+
+    @abstractmethod
+    def client(self, settings: ProviderSettings, http: httpx.AsyncClient) -> ProviderClient:
+        """A wire client bound to these settings. Resolves the key (MissingApiKeyError)."""
+
+    def emulator(self, options: EmulatorOptions) -> EmulatorApp:
+        """An ASGI emulator of this provider's HTTP API, for tests and `--emulate`."""
+        raise NotImplementedError(f"{self.name} ships no emulator")
+
+    @property
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        module = type(self).__module__.split(".")[0]
+        try:
+            return version(module.replace("_", "-"))
+        except PackageNotFoundError:
+            return "unknown"
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.name}>"
+
+
+class ProviderClient(ABC):
+    """The wire client of one provider. Each method makes one HTTP attempt and raises an
+    `imagerouter.errors.ProviderError` subclass on failure; it never retries a create."""
+
+    provider: Provider
+
+    @abstractmethod
+    async def upload(self, image: LoadedImage) -> str:
+        """Upload an edit input through the provider's upload flow; return its URL."""
+
+    @abstractmethod
+    async def submit(self, offer: Offer, task: TaskSpec) -> Submission:
+        """Create one paid task. With `idempotent_creates`, a retry with the same
+        `task.idempotency_key` returns the same task (`replayed=True`)."""
+
+    @abstractmethod
+    async def get(self, poll_ref: str) -> TaskStatus:
+        """Poll a task once."""
+
+    async def find(self, task: TaskSpec) -> Submission | None:
+        """Look a task up by our task id (reconciliation after an unknown create).
+        Returns None when no such task exists. Providers without this raise
+        NotImplementedError."""
+        raise NotImplementedError
+
+    async def free_check(self) -> FreeCheck | None:
+        """A free check (balance, health) if the provider has one."""
+        return None
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a download of this provider's own result URLs, if any."""
+        return {}
