@@ -94,6 +94,9 @@ class PriceTable:
             node = node.get(key, node.get("*"))
             if node is None:
                 return None
+        # Dimensions the caller did not name match a "*" entry.
+        while isinstance(node, Mapping) and "*" in node:
+            node = node["*"]
         return node if isinstance(node, Decimal) else None
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> PriceTable:

@@ -242,16 +242,25 @@ class ImageRequest(BaseModel):
         return Geometry(kind="ratio", ratio=ratio, resolution=self.resolution or "1k")
 
     def with_overrides(self, **fields: Any) -> ImageRequest:
-        """A copy with some fields replaced (used to apply a tier variant), re-validated."""
+        """A copy with some fields replaced (a tier variant), re-validated.
+
+        Size fields merge sensibly: a variant's `size` replaces the whole size description; a
+        variant's `resolution` keeps the request's aspect ratio (a request `WxH` becomes its
+        ratio); a variant's `aspect_ratio` replaces the request's ratio or `WxH`.
+        """
         data = self.model_dump(exclude_none=True)
-        for key in ("size", "aspect_ratio", "resolution"):
-            if key in fields:
-                # A variant's size replaces the request's whole size description.
-                data.pop("size", None)
-                data.pop("aspect_ratio", None)
-                data.pop("resolution", None)
-                break
-        data.update({k: v for k, v in fields.items() if v is not None})
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if "size" in fields:
+            data.pop("aspect_ratio", None)
+            data.pop("resolution", None)
+        elif "resolution" in fields or "aspect_ratio" in fields:
+            size = data.pop("size", None)
+            if size and size != "auto" and "aspect_ratio" not in fields:
+                width, height = parse_size(size)
+                data["aspect_ratio"] = str(Ratio.of(width, height))
+            elif size == "auto" and "aspect_ratio" not in fields:
+                data["aspect_ratio"] = "auto"
+        data.update(fields)
         return ImageRequest.build(**data)
 
     def public_dict(self) -> dict[str, Any]:

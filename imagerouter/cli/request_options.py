@@ -1,0 +1,46 @@
+"""The request options shared by `quote`, `generate` and `edit`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..geometry import RESOLUTIONS
+from ..request import BACKGROUNDS, MODELS, OUTPUT_FORMATS, QUALITIES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--model", type=click.Choice(MODELS), default=None, help="Default: gpt-image-2."),
+    click.option("--quality", type=click.Choice(QUALITIES), default=None),
+    click.option("--size", default=None, help="WxH (e.g. 1536x1024) or auto."),
+    click.option("--aspect-ratio", "aspect_ratio", default=None, help="W:H (e.g. 16:9) or auto."),
+    click.option("--resolution", type=click.Choice(RESOLUTIONS), default=None),
+    click.option("-n", "n", type=int, default=None, help="Number of images (1-10)."),
+    click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None),
+    click.option("--background", type=click.Choice(BACKGROUNDS), default=None),
+    click.option("--tier", default=None, help="A tier name from the config."),
+    click.option(
+        "--provider",
+        "providers",
+        multiple=True,
+        help="Only these providers (repeat the option for several).",
+    ),
+    click.option("--max-cost", "max_cost_usd", default=None, help="Refuse above this USD total."),
+]
+
+
+def request_options(func: F) -> F:
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def request_fields(**kwargs: Any) -> dict[str, Any]:
+    """The request fields the user set (None and empty tuples mean 'not given')."""
+    fields = {k: v for k, v in kwargs.items() if v is not None and v != ()}
+    if "providers" in fields:
+        fields["providers"] = tuple(fields["providers"])
+    return fields

@@ -1,0 +1,402 @@
+"""The configuration: a YAML file (or a dict) validated into one frozen `Config`.
+
+Search order: an explicit path, then `$IMAGEROUTER_CONFIG`, then `./imagerouter.yaml`, then the
+built-in defaults (`imagerouter/defaults.yaml`). A section a file leaves out comes from the
+built-in defaults, so a three-line file still has the `draft`/`standard`/`premium` tiers.
+
+Every mistake is one `ConfigError` that reads `file:line: key.path: what is wrong`. A string
+value that is exactly `${NAME}` is read from the environment after parsing; an unset variable
+is an error, except for `providers.<name>.api_key`, which stays lazy so that quoting and
+`--emulate` work without keys (the key is looked up again when the provider is used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Collection, Mapping
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import field_validator as _field_validator
+
+from .errors import ConfigError, RequestValidationError
+from .geometry import Resolution
+from .pricing import PriceTable
+from .provider import ProviderSettings
+from .request import Background, ImageRequest, ModelName, OutputFormat, Quality
+from .yamlsource import (
+    child_path,
+    item_path,
+    nearest_line,
+    parse_yaml,
+    problem_from_validation_error,
+)
+
+__all__ = [
+    "BUILTIN_SOURCE",
+    "CONFIG_ENV_VAR",
+    "DEFAULT_CONFIG_NAME",
+    "DICT_SOURCE",
+    "BudgetSettings",
+    "Config",
+    "DownloadSettings",
+    "HealthSettings",
+    "LedgerSettings",
+    "OutputSettings",
+    "RoutingSettings",
+    "TierVariant",
+    "default_config",
+    "find_config_path",
+    "load_config",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ENV_VAR = "IMAGEROUTER_CONFIG"
+DEFAULT_CONFIG_NAME = "imagerouter.yaml"
+BUILTIN_SOURCE = "<built-in defaults>"
+DICT_SOURCE = "<dict>"
+
+# Only a whole value is a reference: "a-${X}" stays as typed (documented in configuration.md).
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECTIONS = ("providers", "tiers", "default_tier", "routing", "budget", "health", "ledger",
+             "output", "downloads")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class TierVariant(_Section):
+    """One interchangeable way to serve a tier: a provider, a model and optional overrides
+    that replace the request's own values (a size field replaces the request's whole size)."""
+
+    provider: str
+    model: ModelName
+    quality: Quality | None = None
+    resolution: Resolution | None = None
+    size: str | None = None
+    aspect_ratio: str | None = None
+    output_format: OutputFormat | None = None
+    background: Background | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The request fields this variant sets (for `ImageRequest.with_overrides`)."""
+        return self.model_dump(exclude={"provider"}, exclude_none=True)
+
+    @property
+    def label(self) -> str:
+        extras = " ".join(str(v) for k, v in self.overrides().items() if k != "model")
+        return f"{self.provider}/{self.model}" + (f" {extras}" if extras else "")
+
+
+class RoutingSettings(_Section):
+    strategy: Literal["cheapest", "priority", "fastest"] = "cheapest"
+    max_attempts: int = Field(default=3, ge=1)
+    on_unknown_submission: Literal["reconcile", "fail", "failover"] = "reconcile"
+    on_deadline: Literal["wait", "fail", "hedge"] = "fail"
+    resume_on_start: bool = False
+
+
+class BudgetSettings(_Section):
+    daily_usd: Decimal | None = Field(default=None, ge=0)
+    monthly_usd: Decimal | None = Field(default=None, ge=0)
+    total_usd: Decimal | None = Field(default=None, ge=0)
+
+
+class HealthSettings(_Section):
+    failure_threshold: int = Field(default=3, ge=1)
+    base_ejection_s: float = Field(default=30.0, gt=0)
+    max_ejection_s: float = Field(default=300.0, gt=0)
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    rate_limit_cooldown_s: float = Field(default=10.0, gt=0)
+    out_of_credit_s: float = Field(default=3600.0, gt=0)
+    free_checks: bool = False
+
+
+def _expand_user(value: Path | None) -> Path | None:
+    return value.expanduser() if value is not None else None
+
+
+class LedgerSettings(_Section):
+    enabled: bool = True
+    path: Path | None = None  # None: imagerouter.paths.default_ledger_path()
+
+    _expand = _field_validator("path")(_expand_user)
+
+
+class OutputSettings(_Section):
+    dir: Path = Path("images")
+
+    _expand = _field_validator("dir")(_expand_user)
+
+
+class DownloadSettings(_Section):
+    max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=64_000_000, gt=0)
+
+
+class Config(_Section):
+    """The whole configuration. Build it with `load_config`; it never changes afterwards."""
+
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    tiers: dict[str, list[TierVariant]] = Field(default_factory=dict)
+    default_tier: str | None = None
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    downloads: DownloadSettings = Field(default_factory=DownloadSettings)
+    source: str | None = Field(default=None, exclude=True)
+
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    # Sections taken from the built-in defaults: they name both shipped providers, which need
+    # not be installed, so check_providers leaves them alone.
+    _builtin_sections: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        """`providers.<name>` as configured, or the defaults (enabled, key from its env var)."""
+        settings = self.providers.get(name)
+        return settings if settings is not None else ProviderSettings()
+
+    def check_providers(self, known: Collection[str]) -> None:
+        """ConfigError for a provider name no installed plugin registers, or a bad default_tier."""
+        names = ", ".join(sorted(known)) or "none installed"
+        if "providers" not in self._builtin_sections:
+            for name in self.providers:
+                if name not in known:
+                    raise self.error(
+                        f"providers.{name}", f"{name!r} is not a known provider; known: {names}"
+                    )
+        if "tiers" not in self._builtin_sections:
+            for tier, variants in self.tiers.items():
+                for index, variant in enumerate(variants):
+                    if variant.provider not in known:
+                        raise self.error(
+                            f"{item_path(child_path('tiers', tier), index)}.provider",
+                            f"{variant.provider!r} is not a known provider; known: {names}",
+                        )
+        self._check_default_tier()
+
+    def locate(self, key_path: str) -> int | None:
+        """The line of a key path such as `tiers.draft[0].provider`, when it came from a file."""
+        return self._lines.get(key_path)
+
+    def error(self, key_path: str, message: str) -> ConfigError:
+        """A ConfigError pointing at `key_path` (or its nearest located parent)."""
+        return ConfigError(
+            message, file=self.source, line=nearest_line(self._lines, key_path), key=key_path
+        )
+
+    def fingerprint(self) -> str:
+        """A stable short hash of every setting; an API key enters only as its own hash."""
+        data = self.model_dump(mode="json")
+        for name, settings in self.providers.items():
+            data["providers"][name]["api_key"] = _key_digest(settings.api_key)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def public_dict(self) -> dict[str, Any]:
+        """A JSON-safe dump; API keys read `**********`. Tier variants list only what they set."""
+        data = self.model_dump(mode="json")
+        data["tiers"] = {
+            name: [variant.model_dump(mode="json", exclude_none=True) for variant in variants]
+            for name, variants in self.tiers.items()
+        }
+        return data
+
+    def _check_default_tier(self) -> None:
+        if self.default_tier is not None and self.default_tier not in self.tiers:
+            tiers = ", ".join(sorted(self.tiers)) or "none are defined"
+            raise self.error(
+                "default_tier", f"{self.default_tier!r} is not one of the tiers: {tiers}"
+            )
+
+
+def _key_digest(key: SecretStr | None) -> str | None:
+    if key is None:
+        return None
+    digest = hashlib.sha256(b"imagerouter api key\0" + key.get_secret_value().encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def find_config_path(explicit: str | Path | None = None) -> Path | None:
+    """explicit > `$IMAGEROUTER_CONFIG` > `./imagerouter.yaml` > None (use built-in defaults).
+    An explicit or `$IMAGEROUTER_CONFIG` path is returned even if missing, so loading it fails
+    loudly instead of silently falling back."""
+    if explicit is not None and str(explicit):
+        return Path(explicit).expanduser()
+    from_env = os.environ.get(CONFIG_ENV_VAR)
+    if from_env:
+        return Path(from_env).expanduser()
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.is_file() else None
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    *,
+    known_providers: Collection[str] | None = None,
+) -> Config:
+    """Load and validate a config file, a dict, or (with None) whatever the search finds."""
+    if isinstance(source, Mapping):
+        config = _from_data(source, {}, DICT_SOURCE, file=None)
+    else:
+        path = find_config_path(source)
+        if path is None:
+            config = default_config()
+        else:
+            document = parse_yaml(_read(path), str(path))
+            config = _from_data(document.data, document.lines, str(path), file=path)
+    if known_providers is not None:
+        config.check_providers(known_providers)
+    return config
+
+
+def default_config() -> Config:
+    """The built-in defaults (package data `imagerouter/defaults.yaml`)."""
+    document = parse_yaml(_builtin_text(), BUILTIN_SOURCE)
+    return _from_data(document.data, document.lines, BUILTIN_SOURCE, file=None, builtin=True)
+
+
+def _builtin_text() -> str:
+    return resources.files("imagerouter").joinpath("defaults.yaml").read_text(encoding="utf-8")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError("the config file does not exist", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("the config file is not UTF-8 text", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror}", file=str(path)) from None
+
+
+def _from_data(
+    data: Any, lines: dict[str, int], source: str, *, file: Path | None, builtin: bool = False
+) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        kind = "a list" if isinstance(data, list) else repr(data)
+        raise ConfigError(
+            f"the config must be a mapping of sections (like `routing:`), not {kind}",
+            file=source, line=lines.get(""),
+        )
+    data = {str(k): v for k, v in data.items() if v is not None}  # `routing:` alone = defaults
+    if "source" in data:
+        raise ConfigError(
+            f"is not a known key; allowed: {', '.join(sorted(_SECTIONS))}",
+            file=source, line=lines.get("source"), key="source",
+        )
+    data = _interpolate(_prepare_providers(data, lines, source, file), "", lines, source)
+    taken: set[str] = set()
+    if builtin:
+        taken = set(data)
+    else:
+        defaults = default_config().model_dump(exclude_unset=True, exclude={"source"})
+        for section in _SECTIONS:
+            if section not in data and section in defaults:
+                data[section] = defaults[section]
+                taken.add(section)
+    try:
+        config = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise problem_from_validation_error(exc, Config, data, lines, source) from None
+    config._lines = dict(lines)
+    config._builtin_sections = frozenset(taken)
+    _check_semantics(config)
+    return config
+
+
+def _prepare_providers(
+    data: dict[str, Any], lines: dict[str, int], source: str, file: Path | None
+) -> dict[str, Any]:
+    """Resolve each `providers.<name>.api_key: ${VAR}` now, or keep it lazy if VAR is unset."""
+    providers = data.get("providers")
+    if not isinstance(providers, Mapping):
+        return data
+    prepared: dict[str, Any] = {}
+    for name, entry in providers.items():
+        entry = {} if entry is None else entry
+        if isinstance(entry, Mapping) and isinstance(entry.get("api_key"), str):
+            entry = dict(entry)
+            key_path = f"providers.{name}.api_key"
+            match = _ENV_REF.fullmatch(entry["api_key"])
+            if match:
+                entry.setdefault("api_key_env", match.group(1))
+                value = os.environ.get(match.group(1))
+                entry["api_key"] = SecretStr(value) if value else None
+            elif entry["api_key"] and file is not None:
+                _warn_if_readable(file, lines.get(key_path), key_path)
+        prepared[str(name)] = entry
+    return {**data, "providers": prepared}
+
+
+def _warn_if_readable(file: Path, line: int | None, key_path: str) -> None:
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        return
+    if os.name != "nt" and mode & 0o044:
+        logger.warning(
+            "%s:%s: %s is written into a file other users can read (mode %03o); "
+            "use ${VARIABLE} instead, or chmod 600 the file",
+            file, line, key_path, mode & 0o777,
+        )
+
+
+def _interpolate(node: Any, path: str, lines: dict[str, int], source: str) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _interpolate(v, child_path(path, str(k)), lines, source)
+                for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_interpolate(v, item_path(path, i), lines, source) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        match = _ENV_REF.fullmatch(node)
+        if match:
+            value = os.environ.get(match.group(1))
+            if not value:
+                raise ConfigError(
+                    f"the environment variable {match.group(1)} is not set",
+                    file=source, line=nearest_line(lines, path), key=path,
+                )
+            return value
+    return node
+
+
+def _check_semantics(config: Config) -> None:
+    """Rules that span fields, each reported at the key to fix."""
+    for name, settings in config.providers.items():
+        try:
+            PriceTable(provider=name, prices={}).with_overrides(settings.prices)
+        except ValueError as exc:
+            where, _, message = str(exc).partition(": ")
+            raise config.error(f"providers.{name}.{where}", message) from None
+    for tier, variants in config.tiers.items():
+        tier_path = child_path("tiers", tier)
+        if not variants:
+            raise config.error(tier_path, "a tier must list at least one variant")
+        for index, variant in enumerate(variants):
+            try:
+                ImageRequest.build(prompt="tier check", **variant.overrides())
+            except RequestValidationError as exc:
+                key = f"{item_path(tier_path, index)}.{exc.field}"
+                raise config.error(key, exc.detail) from None
+    health = config.health
+    if health.max_ejection_s < health.base_ejection_s:
+        raise config.error(
+            "health.max_ejection_s",
+            f"must be at least base_ejection_s ({health.base_ejection_s:g})",
+        )
+    config._check_default_tier()

@@ -1,0 +1,285 @@
+"""Download a finished job's image to disk: capped, checked, optionally converted, atomic.
+
+The job is already paid for when this runs, so every failure says where the image still is
+(the provider's URL, which expires). The download is streamed with a byte cap, redirects are
+followed by hand (at most 3) so credentials never travel to another origin, the bytes must be
+PNG/JPEG/WebP by their magic bytes and decode fully under a pixel limit, and the file appears
+under its final name only once it is complete (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from .errors import DownloadFailedError
+from .inputs import EXTENSIONS, ImageCheckError, check_magic, decode_image, human_bytes
+from .result import SavedImage
+
+__all__ = ["MAX_REDIRECTS", "RETRYABLE_CODES", "download_image", "is_retryable"]
+
+MAX_REDIRECTS = 3
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CHUNK = 64 * 1024
+
+# `DownloadFailedError.code` values worth another try; the rest fail the same way again.
+# "undecodable" is here because a connection cut mid-body without a Content-Length looks
+# exactly like a truncated file.
+RETRYABLE_CODES = frozenset({"network", "undecodable"})
+_RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def is_retryable(error: DownloadFailedError) -> bool:
+    """Whether trying the same download again can succeed (network trouble, 5xx, 429)."""
+    if error.code == "http_status":
+        return error.status_code in _RETRYABLE_STATUS
+    return error.code in RETRYABLE_CODES
+
+
+def _normalize_format(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    name = fmt.strip().lower()
+    name = "jpeg" if name == "jpg" else name
+    if name not in EXTENSIONS:
+        raise ValueError(f"convert_to must be png, jpeg or webp, not {fmt!r}")
+    return name
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme))
+
+
+class _Failure:
+    """Builds the DownloadFailedError for one download, always naming where the image is."""
+
+    def __init__(self, url: str, provider: str, expires_at: datetime | None) -> None:
+        self.url = url
+        self.provider = provider
+        self.expires_at = expires_at
+
+    def __call__(
+        self, what: str, *, code: str, status_code: int | None = None
+    ) -> DownloadFailedError:
+        expiry = (
+            f"this one expires at {self.expires_at.isoformat()}"
+            if self.expires_at is not None
+            else "it will expire"
+        )
+        message = (
+            f"the image could not be saved: {what}. It is still at {self.url} "
+            f"(provider result URLs expire; {expiry}), so download it from there soon"
+        )
+        return DownloadFailedError(
+            message,
+            provider=self.provider,
+            url=self.url,
+            accepted="yes",
+            status_code=status_code,
+            code=code,
+        )
+
+
+async def _fetch(
+    http: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str] | None,
+    max_bytes: int,
+    fail: _Failure,
+) -> bytes:
+    try:
+        current = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise fail(f"the URL is not valid ({exc})", code="bad_url") from None
+    if current.scheme not in _DEFAULT_PORTS:
+        raise fail(
+            f"only http(s) URLs are downloaded, not {current.scheme or 'scheme-less'} URLs",
+            code="bad_url",
+        )
+    origin = _origin(current)
+    send_headers = dict(headers or {})
+    for hop in range(MAX_REDIRECTS + 1):
+        try:
+            async with http.stream(
+                "GET", current, headers=send_headers, follow_redirects=False
+            ) as response:
+                if response.is_redirect:
+                    if hop == MAX_REDIRECTS:
+                        raise fail(f"more than {MAX_REDIRECTS} redirects", code="redirects")
+                    target = current.join(response.headers["location"])
+                    if target.scheme not in _DEFAULT_PORTS:
+                        raise fail(
+                            f"a redirect led to a {target.scheme or 'scheme-less'} URL, "
+                            "which is not http(s)",
+                            code="bad_url",
+                        )
+                    if _origin(target) != origin:
+                        # Our headers may hold the provider's key: never send them elsewhere.
+                        send_headers = {}
+                    current = target
+                    continue
+                if not response.is_success:
+                    raise fail(
+                        f"the server answered HTTP {response.status_code}",
+                        code="http_status",
+                        status_code=response.status_code,
+                    )
+                return await _read_capped(response, max_bytes, fail)
+        except httpx.TimeoutException as exc:
+            raise fail(f"the download timed out ({type(exc).__name__})", code="network") from None
+        except httpx.HTTPError as exc:
+            detail = str(exc) or type(exc).__name__
+            raise fail(f"network error: {detail}", code="network") from None
+        except httpx.InvalidURL as exc:
+            raise fail(f"a redirect led to an invalid URL ({exc})", code="bad_url") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int, fail: _Failure) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise fail(
+            f"the server announced {human_bytes(int(declared))}, over the download limit of "
+            f"{human_bytes(max_bytes)}",
+            code="too_large",
+        )
+    buffer = bytearray()
+    async for chunk in response.aiter_bytes(_CHUNK):
+        buffer += chunk
+        if len(buffer) > max_bytes:
+            raise fail(
+                f"the image is larger than the download limit of {human_bytes(max_bytes)}",
+                code="too_large",
+            )
+    return bytes(buffer)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
+def _convert(image: Image.Image, target: str) -> bytes:
+    icc = image.info.get("icc_profile")
+    out = io.BytesIO()
+    if target == "jpeg":
+        if _has_alpha(image):
+            # JPEG has no alpha: flatten onto white rather than letting clear pixels go black.
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            flat = image.convert("RGB")
+        flat.save(out, "JPEG", quality=95, icc_profile=icc)
+    else:
+        converted = image.convert("RGBA" if _has_alpha(image) else "RGB")
+        if target == "png":
+            converted.save(out, "PNG", icc_profile=icc)
+        else:
+            converted.save(out, "WEBP", quality=95, icc_profile=icc)
+    return out.getvalue()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+    # Make the rename itself durable; not possible on every platform, so best effort.
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _save(
+    data: bytes,
+    url: str,
+    dest_dir: Path,
+    stem: str,
+    max_pixels: int,
+    target: str | None,
+    fail: _Failure,
+) -> SavedImage:
+    try:
+        fmt = check_magic(data)
+        image = decode_image(data, fmt, max_pixels=max_pixels)
+    except ImageCheckError as exc:
+        raise fail(f"the downloaded file {exc}", code=exc.reason) from None
+    with image:
+        width, height = image.size
+        out_fmt: str = fmt
+        out_data, converted_from = data, None
+        if target is not None and target != fmt:
+            try:
+                out_data = _convert(image, target)
+            except (OSError, ValueError) as exc:
+                raise fail(
+                    f"converting {fmt} to {target} failed: {exc}", code="convert_failed"
+                ) from None
+            out_fmt, converted_from = target, fmt
+    path = dest_dir / f"{stem}.{EXTENSIONS[out_fmt]}"
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, out_data)
+    except OSError as exc:
+        raise fail(f"writing {path} failed: {exc.strerror or exc}", code="write_failed") from None
+    return SavedImage(
+        path=path,
+        width=width,
+        height=height,
+        format=out_fmt,
+        sha256=hashlib.sha256(out_data).hexdigest(),
+        source_url=url,
+        size_bytes=len(out_data),
+        converted_from=converted_from,
+    )
+
+
+async def download_image(
+    http: httpx.AsyncClient,
+    url: str,
+    dest_dir: Path,
+    stem: str,
+    *,
+    provider: str,
+    max_bytes: int = 50 * 2**20,
+    max_pixels: int = 64_000_000,
+    convert_to: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    url_expires_at: datetime | None = None,
+) -> SavedImage:
+    """Download `url` to `dest_dir/{stem}.{ext}` and return what was saved.
+
+    `headers` (e.g. the provider's auth) go only to the URL's own origin. `convert_to`
+    (png/jpeg/webp) re-encodes locally when the provider sent another format. Every failure
+    raises DownloadFailedError (accepted="yes", `code` says which check failed; see
+    `is_retryable`), whose message names the URL the image can still be fetched from.
+    """
+    target = _normalize_format(convert_to)
+    if not stem or stem in (".", "..") or Path(stem).name != stem:
+        raise ValueError(f"stem must be a plain file name without directories, not {stem!r}")
+    fail = _Failure(url, provider, url_expires_at)
+    data = await _fetch(http, url, headers, max_bytes, fail)
+    # Decoding and encoding a large image takes tens of ms: keep it off the event loop.
+    return await asyncio.to_thread(_save, data, url, Path(dest_dir), stem, max_pixels, target, fail)

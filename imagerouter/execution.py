@@ -1,0 +1,405 @@
+"""Run one offer: upload inputs, create its tasks, poll them, save their images.
+
+This is where "never pay twice" is enforced for a single provider:
+- a create whose outcome is unknown is retried only with the same idempotency key (RunAPI),
+  or reconciled by looking the task up by our task id (Runflow); nothing else re-sends it;
+- every task is in the ledger as `submitting` before its create is sent, and as `accepted`
+  with the provider's id before it is polled, so a crash loses nothing;
+- polling waits through transient errors until the deadline and never resubmits.
+The router (router.py) decides what to do with the errors raised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from .clock import Clock, Sleep
+from .download import download_image, is_retryable
+from .errors import (
+    AuthenticationError,
+    DownloadFailedError,
+    InvalidRequestError,
+    JobFailedError,
+    JobTimedOutError,
+    ProviderError,
+    ProviderUnavailableError,
+    SubmissionUnknownError,
+)
+from .polling import PollSchedule
+from .provider import Submission, TaskSpec, TaskStatus
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+    from .offers import Offer
+    from .provider import LoadedImage, Provider, ProviderClient, ProviderSettings
+    from .result import SavedImage
+
+__all__ = ["OfferOutcome", "Progress", "RunContext", "run_offer"]
+
+log = logging.getLogger("imagerouter.execution")
+
+CREATE_REPLAYS = 3  # same-key replays of a create whose answer was lost
+RECONCILE_LOOKUPS = 2  # lookups by task id before a lost create counts as "not created"
+DOWNLOAD_ATTEMPTS = 8  # GETs are free: a flaky download gets many tries before we give up
+FATAL_POLL_ERRORS = 3  # consecutive 401/403/404 on a poll before the task is given up
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress note for live displays."""
+
+    provider: str
+    task: int
+    tasks: int
+    state: str
+    elapsed_s: float
+
+
+@dataclass
+class RunContext:
+    """Everything one attempt needs. Built by the router per attempt."""
+
+    request_id: str
+    attempt_id: str
+    provider: Provider
+    client: ProviderClient
+    settings: ProviderSettings
+    ledger: Ledger | None
+    output_dir: Path
+    http: object  # httpx.AsyncClient (kept loose so tests can pass any client)
+    max_bytes: int
+    max_pixels: int
+    clock: Clock
+    sleep: Sleep
+    schedule: PollSchedule
+    on_unknown: str = "reconcile"
+    on_deadline: str = "fail"
+    image_offset: int = 0
+    progress: Callable[[Progress], None] | None = None
+
+
+@dataclass
+class TaskOutcome:
+    provider_task_id: str
+    images: list[SavedImage]
+    billed_usd: Decimal | None
+    latency_s: float
+
+
+@dataclass
+class OfferOutcome:
+    """What an attempt produced. `errors` holds one exception per task that did not deliver."""
+
+    images: list[SavedImage] = field(default_factory=list)
+    task_ids: list[str] = field(default_factory=list)
+    billed_usd: Decimal | None = None
+    errors: list[BaseException] = field(default_factory=list)
+    latency_s: float | None = None
+
+
+async def run_offer(
+    ctx: RunContext,
+    offer: Offer,
+    prompt: str,
+    inputs: Sequence[LoadedImage | str],
+    mask: LoadedImage | str | None,
+) -> OfferOutcome:
+    """Run every task of `offer` concurrently; collect what each delivered."""
+    input_urls = tuple([await _as_url(ctx, item) for item in inputs])
+    mask_url = await _as_url(ctx, mask) if mask is not None else None
+    offsets = [sum(offer.batches[:i]) for i in range(len(offer.batches))]
+    results = await asyncio.gather(
+        *[
+            _run_task(ctx, offer, index, count, offsets[index], prompt, input_urls, mask_url)
+            for index, count in enumerate(offer.batches)
+        ],
+        return_exceptions=True,
+    )
+    outcome = OfferOutcome()
+    latencies = []
+    for result in results:
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation and the like
+            outcome.errors.append(result)
+            continue
+        outcome.images.extend(result.images)
+        outcome.task_ids.append(result.provider_task_id)
+        latencies.append(result.latency_s)
+        if result.billed_usd is not None:
+            outcome.billed_usd = (outcome.billed_usd or Decimal(0)) + result.billed_usd
+    outcome.images.sort(key=lambda image: image.path.name)
+    if latencies:
+        outcome.latency_s = max(latencies)
+    return outcome
+
+
+async def _as_url(ctx: RunContext, item: LoadedImage | str) -> str:
+    if isinstance(item, str):
+        return item  # a URL input the user allowed to pass through
+    return await ctx.client.upload(item)
+
+
+async def _run_task(
+    ctx: RunContext,
+    offer: Offer,
+    index: int,
+    count: int,
+    offset: int,
+    prompt: str,
+    input_urls: tuple[str, ...],
+    mask_url: str | None,
+) -> TaskOutcome:
+    task_id = f"{ctx.request_id}-{ctx.image_offset + offset + 1}-{uuid.uuid4().hex[:8]}"
+    task = TaskSpec(
+        task_id=task_id,
+        idempotency_key=f"imagerouter-{task_id}",
+        prompt=prompt,
+        model=offer.model,
+        operation=offer.operation,
+        num_images=count,
+        params=offer.params,
+        input_urls=input_urls,
+        mask_url=mask_url,
+        metadata={"imagerouter_request": ctx.request_id},
+    )
+    per_image = offer.per_image_usd or Decimal(0)
+    if ctx.ledger is not None:
+        ctx.ledger.task_submitting(
+            task_id,
+            attempt_id=ctx.attempt_id,
+            request_id=ctx.request_id,
+            provider=offer.provider,
+            model=offer.model,
+            operation=offer.operation,
+            idempotency_key=task.idempotency_key,
+            num_images=count,
+            quoted_usd=per_image * count,
+        )
+    started = ctx.clock()
+    try:
+        submission = await _create(ctx, offer, task)
+    except ProviderError as exc:
+        if ctx.ledger is not None:
+            state = "unknown" if exc.accepted == "unknown" else "not_sent"
+            ctx.ledger.task_finished(
+                task_id, state=state, error=str(exc), possibly_billed=exc.accepted == "unknown"
+            )
+        raise
+    if ctx.ledger is not None:
+        ctx.ledger.task_accepted(
+            task_id,
+            provider_task_id=submission.task_id,
+            poll_ref=submission.poll_ref,
+            replayed=submission.replayed,
+            billed_usd=submission.billed_usd,
+        )
+    _note(ctx, index, len(offer.batches), submission.state.value, started)
+    status = await _poll(ctx, offer, submission, task, index, started)
+    latency = ctx.clock() - started
+    try:
+        images = await _collect(ctx, offer, task_id, status, offset)
+    except DownloadFailedError:
+        if ctx.ledger is not None:
+            ctx.ledger.task_finished(
+                task_id,
+                state=status.state.value,
+                billed_usd=status.billed_usd,
+                image_urls=status.image_urls,
+                urls_expire_at=status.urls_expire_at,
+                error="download failed",
+            )
+        raise
+    if ctx.ledger is not None:
+        ctx.ledger.task_finished(
+            task_id,
+            state="collected",
+            billed_usd=status.billed_usd,
+            image_urls=status.image_urls,
+            urls_expire_at=status.urls_expire_at,
+        )
+    billed = status.billed_usd if status.billed_usd is not None else submission.billed_usd
+    return TaskOutcome(submission.task_id, images, billed, latency)
+
+
+def _lost_answer(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.accepted == "unknown"
+
+
+async def _create(ctx: RunContext, offer: Offer, task: TaskSpec) -> Submission:
+    """Create a task once; after a lost answer, replay with the same key or reconcile."""
+    provider = ctx.provider
+    if ctx.on_unknown != "reconcile":
+        return await ctx.client.submit(offer, task)
+    if provider.idempotent_creates:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + CREATE_REPLAYS),
+            wait=wait_exponential(multiplier=0.5, max=4),
+            retry=retry_if_exception(_lost_answer),
+            sleep=ctx.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await ctx.client.submit(offer, task)
+        raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        return await ctx.client.submit(offer, task)
+    except ProviderError as exc:
+        if exc.accepted != "unknown" or not provider.can_find_by_task_id:
+            raise
+        return await _reconcile(ctx, task, exc)
+
+
+async def _reconcile(ctx: RunContext, task: TaskSpec, lost: ProviderError) -> Submission:
+    """Settle a lost create by looking the task up by our task id (Runflow `client_ref`)."""
+    for lookup in range(RECONCILE_LOOKUPS):
+        await ctx.sleep(1.0 + lookup)
+        try:
+            found = await ctx.client.find(task)
+        except (ProviderError, NotImplementedError) as exc:
+            raise SubmissionUnknownError(
+                "submission outcome unknown, possibly billed: the create got no answer and "
+                f"looking the task up failed ({exc})",
+                provider=ctx.provider.name,
+                client_ref=task.task_id,
+            ) from lost
+        if found is not None:
+            log.info("reconciled %s: found task %s", task.task_id, found.task_id)
+            return found
+    # Looked up twice and not there: the create never reached the provider.
+    raise ProviderUnavailableError(
+        f"the create got no answer ({lost.message}) and no task with this client_ref exists, "
+        "so nothing was created",
+        provider=ctx.provider.name,
+        accepted="no",
+        client_ref=task.task_id,
+    ) from lost
+
+
+async def _poll(
+    ctx: RunContext,
+    offer: Offer,
+    submission: Submission,
+    task: TaskSpec,
+    index: int,
+    started: float,
+) -> TaskStatus:
+    """Poll until the task ends. Transient errors are waited through; nothing is resent."""
+    deadline = started + ctx.settings.poll_deadline
+    fatal_streak = 0
+    polls = 0
+    state = submission.state
+    while True:
+        await ctx.sleep(ctx.schedule.delay(polls, ctx.clock() - started))
+        polls += 1
+        try:
+            status = await ctx.client.get(submission.poll_ref)
+        except (AuthenticationError, InvalidRequestError) as exc:
+            fatal_streak += 1
+            if fatal_streak >= FATAL_POLL_ERRORS:
+                raise _with_task(exc, submission) from exc
+            status = None
+        except ProviderError as exc:
+            fatal_streak = 0
+            log.info("poll of %s failed, will retry: %s", submission.task_id, exc)
+            status = None
+        if status is not None:
+            fatal_streak = 0
+            state = status.state
+            _note(ctx, index, len(offer.batches), state.value, started)
+            if status.state.produced_images:
+                return status
+            if status.terminal:
+                raise JobFailedError(
+                    status.error or f"the task ended {status.state.value}",
+                    provider=ctx.provider.name,
+                    code=status.error_code,
+                    task_id=submission.task_id,
+                    client_ref=task.task_id,
+                )
+        if ctx.clock() >= deadline and ctx.on_deadline != "wait":
+            raise JobTimedOutError(
+                f"still {state.value} after {ctx.settings.poll_deadline:g} s "
+                "(providers.<name>.poll_deadline); it may still finish and be billed: "
+                "`imagerouter resume` will collect it",
+                provider=ctx.provider.name,
+                task_id=submission.task_id,
+                client_ref=task.task_id,
+            )
+
+
+def _with_task(exc: ProviderError, submission: Submission) -> ProviderError:
+    exc.task_id = exc.task_id or submission.task_id
+    exc.accepted = "yes"
+    return exc
+
+
+async def _collect(
+    ctx: RunContext, offer: Offer, task_id: str, status: TaskStatus, offset: int
+) -> list[SavedImage]:
+    if not status.image_urls:
+        raise DownloadFailedError(
+            "the task succeeded but returned no image URL",
+            provider=ctx.provider.name,
+            task_id=task_id,
+        )
+    saved = []
+    for position, url in enumerate(status.image_urls):
+        number = ctx.image_offset + offset + position + 1
+        stem = f"{ctx.request_id}-{number}"
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.25, max=4),
+            retry=retry_if_exception(_download_may_recover),
+            sleep=ctx.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                image = await download_image(
+                    ctx.http,  # type: ignore[arg-type]
+                    url,
+                    ctx.output_dir,
+                    stem,
+                    provider=ctx.provider.name,
+                    max_bytes=ctx.max_bytes,
+                    max_pixels=ctx.max_pixels,
+                    convert_to=offer.convert_to,
+                    headers=ctx.client.auth_headers(),
+                    url_expires_at=status.urls_expire_at,
+                )
+        if ctx.ledger is not None:
+            ctx.ledger.image_saved(
+                task_id,
+                index=position,
+                path=str(image.path),
+                sha256=image.sha256,
+                source_url=url,
+                width=image.width,
+                height=image.height,
+                format=image.format,
+                size_bytes=image.size_bytes,
+                url_expires_at=status.urls_expire_at,
+            )
+        saved.append(image)
+    return saved
+
+
+def _download_may_recover(exc: BaseException) -> bool:
+    # A 404 right after a job finishes is often storage catching up, so it is retried too.
+    return isinstance(exc, DownloadFailedError) and (is_retryable(exc) or exc.status_code == 404)
+
+
+def _note(ctx: RunContext, index: int, tasks: int, state: str, started: float) -> None:
+    if ctx.progress is not None:
+        ctx.progress(Progress(ctx.provider.name, index, tasks, state, ctx.clock() - started))

@@ -1,0 +1,203 @@
+"""The ledger's schema, as an ordered list of migrations (the llm style).
+
+Each `@migration` function runs once per database, in list order, inside its own
+`BEGIN IMMEDIATE` transaction, and is recorded by function name in `_migrations`. Never edit
+or reorder a released migration: append a new one. Migrations must use `conn.execute` only
+(`executescript` would commit the surrounding transaction halfway).
+
+Conventions in the schema: money is TEXT holding an exact decimal string, timestamps are
+ISO-8601 UTC text of one fixed shape (so text order is time order), JSON is TEXT. No column
+holds a key, header or any other credential.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+__all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate", "migration"]
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Append `fn` to the migration list; names must be unique because they are the record."""
+    if any(existing.__name__ == fn.__name__ for existing in MIGRATIONS):
+        raise ValueError(f"duplicate migration name {fn.__name__!r}")
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations already applied, in the order they ran."""
+    rows = conn.execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def migrate(conn: sqlite3.Connection, *, now: str) -> list[str]:
+    """Apply every pending migration; return the names applied. `conn` must be in autocommit.
+
+    Safe when several processes open a new file at once: each step re-checks the record
+    after taking the write lock, so a step another process just applied is skipped.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations ("
+        " name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    done = set(applied_migrations(conn))
+    ran: list[str] = []
+    for step in MIGRATIONS:
+        if step.__name__ in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            already = conn.execute(
+                "SELECT 1 FROM _migrations WHERE name = ?", (step.__name__,)
+            ).fetchone()
+            if already is None:
+                step(conn)
+                conn.execute(
+                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                    (step.__name__, now),
+                )
+                ran.append(step.__name__)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return ran
+
+
+@migration
+def m001_initial(conn: sqlite3.Connection) -> None:
+    # One row per logical request (what the caller asked for), written before anything is paid.
+    conn.execute(
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            status TEXT NOT NULL,            -- running | served | failed
+            operation TEXT NOT NULL,         -- generate | edit
+            model TEXT NOT NULL,             -- the model asked for
+            tier TEXT,
+            prompt TEXT NOT NULL,
+            request_json TEXT NOT NULL,      -- the secret-free summary the router passes
+            output_dir TEXT NOT NULL,
+            quoted_usd TEXT,
+            provider TEXT,                   -- who served it (or the last one tried)
+            served_model TEXT,
+            cost_usd TEXT,
+            billed_usd TEXT,
+            error TEXT,
+            elapsed_s REAL,
+            finished_at TEXT
+        )
+        """
+    )
+    # One row per try at one backend; a request fails over through several.
+    conn.execute(
+        """
+        CREATE TABLE attempts (
+            id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL REFERENCES requests(id),
+            attempt_no INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            quoted_usd TEXT,
+            params_json TEXT NOT NULL,
+            accepts_double_charge INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            outcome TEXT,                    -- served | failed (NULL while running)
+            accepted TEXT,                   -- yes | no | unknown
+            error_type TEXT,
+            error TEXT,
+            billed_usd TEXT,
+            elapsed_s REAL,
+            finished_at TEXT
+        )
+        """
+    )
+    # One row per paid create call (fan-out makes several per attempt). The row exists in
+    # state `submitting` before the create is sent, so a crash can never lose a paid job.
+    conn.execute(
+        """
+        CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            attempt_id TEXT NOT NULL REFERENCES attempts(id),
+            request_id TEXT NOT NULL REFERENCES requests(id),
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,   -- client-generated replay token, not a credential
+            num_images INTEGER NOT NULL,
+            quoted_usd TEXT NOT NULL,
+            state TEXT NOT NULL,
+            provider_task_id TEXT,
+            poll_ref TEXT,
+            replayed INTEGER NOT NULL DEFAULT 0,
+            billed_usd TEXT,
+            possibly_billed INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            image_urls_json TEXT NOT NULL DEFAULT '[]',
+            urls_expire_at TEXT,
+            created_at TEXT NOT NULL,
+            accepted_at TEXT,
+            finished_at TEXT,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE images (
+            task_id TEXT NOT NULL REFERENCES tasks(id),
+            idx INTEGER NOT NULL,
+            request_id TEXT NOT NULL REFERENCES requests(id),
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            source_url TEXT NOT NULL,
+            url_expires_at TEXT,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            format TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            saved_at TEXT NOT NULL,
+            PRIMARY KEY (task_id, idx)
+        )
+        """
+    )
+    # Budget reservations. No foreign key to requests: a budget may be checked before the
+    # request row exists, and a reservation must never fail for bookkeeping reasons.
+    conn.execute(
+        """
+        CREATE TABLE reservations (
+            id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            amount_usd TEXT NOT NULL,
+            state TEXT NOT NULL,             -- open | settled | released
+            settled_usd TEXT,
+            created_at TEXT NOT NULL,
+            closed_at TEXT
+        )
+        """
+    )
+
+
+@migration
+def m002_indexes(conn: sqlite3.Connection) -> None:
+    for statement in (
+        "CREATE INDEX requests_created ON requests (created_at)",
+        "CREATE INDEX attempts_request ON attempts (request_id)",
+        "CREATE INDEX tasks_request ON tasks (request_id)",
+        "CREATE INDEX tasks_attempt ON tasks (attempt_id)",
+        "CREATE INDEX tasks_state ON tasks (state)",
+        "CREATE INDEX tasks_latency ON tasks (provider, model, operation, state, finished_at)",
+        "CREATE INDEX images_request ON images (request_id)",
+        "CREATE INDEX reservations_window ON reservations (state, created_at)",
+        "CREATE INDEX reservations_request ON reservations (request_id)",
+    ):
+        conn.execute(statement)

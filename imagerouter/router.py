@@ -1,0 +1,314 @@
+"""The Router: the one object users hold.
+
+```python
+from imagerouter import Router
+
+router = Router.from_config("imagerouter.yaml")
+offers = router.quote("a lighthouse at dusk", quality="medium")
+result = router.generate("a lighthouse at dusk", tier="standard", output_dir="out")
+```
+
+A Router owns its plugin manager (no process-global state), its HTTP client, its health
+tracker, its ledger and its budget. Every async method has a sync twin; calling a sync twin
+from inside a running event loop is an error that names the async one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from .budget import Budget, BudgetLimits
+from .clock import SYSTEM_CLOCK, Clock, Sleep, system_sleep
+from .config import Config, load_config
+from .errors import ConfigError, ImageRouterError
+from .health import BackendStats, HealthPolicy, HealthTracker
+from .inputs import load_input
+from .ledger import Ledger
+from .paths import default_ledger_path
+from .plugins import Plugins
+from .polling import FixedSchedule, PollSchedule
+from .quoting import Catalog, quote
+from .redact import default_redactor
+from .request import ImageInput, ImageRequest
+from .resume import ResumeOutcome, resume_uncollected
+from .routing import route_request
+
+if TYPE_CHECKING:
+    from .execution import Progress
+    from .offers import Offer
+    from .pricing import PriceTable
+    from .provider import LoadedImage, Provider, ProviderClient
+    from .result import GenerationResult
+
+__all__ = ["Router"]
+
+log = logging.getLogger("imagerouter")
+_T = TypeVar("_T")
+
+MAX_INPUT_BYTES = 50 * 1024 * 1024
+
+
+class Router:
+    """Routes image requests to the cheapest healthy provider, with failover."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        plugins: Plugins | None = None,
+        ledger: Ledger | bool | None = True,
+        health: HealthTracker | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        sleep: Sleep = system_sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+        schedule: Callable[[Offer], PollSchedule] | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.plugins = plugins if plugins is not None else Plugins.load()
+        self.clock = clock
+        self.sleep = sleep
+        self._transport = transport
+        self._schedule = schedule
+        self.config.check_providers(self.plugins.providers())
+        self.catalog = Catalog.build(self.plugins.providers(), self.config)
+        # The process-wide redactor, so log filters installed by the CLI know our keys too.
+        self.redactor = default_redactor()
+        for name in self.catalog.entries:
+            api_key = self.config.provider_settings(name).api_key
+            if api_key is not None:
+                self.redactor.add(api_key.get_secret_value())
+        self.ledger = self._open_ledger(ledger)
+        self.budget = self._make_budget()
+        cfg = self.config.health
+        self.health = health or HealthTracker(
+            HealthPolicy(
+                failure_threshold=cfg.failure_threshold,
+                base_ejection_s=cfg.base_ejection_s,
+                max_ejection_s=cfg.max_ejection_s,
+                jitter=cfg.jitter,
+                rate_limit_cooldown_s=cfg.rate_limit_cooldown_s,
+                out_of_credit_s=cfg.out_of_credit_s,
+            ),
+            clock=clock,
+            config_fingerprint=self.config.fingerprint(),
+        )
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._clients: dict[str, ProviderClient] = {}
+        self._resumed = False
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, source: str | Path | Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Router:
+        """A Router from a YAML file, a dict, or (None) the usual search order."""
+        plugins = kwargs.pop("plugins", None) or Plugins.load()
+        config = load_config(source, known_providers=plugins.providers())
+        return cls(config, plugins=plugins, **kwargs)
+
+    def _open_ledger(self, ledger: Ledger | bool | None) -> Ledger | None:
+        if isinstance(ledger, Ledger):
+            return ledger
+        if ledger is False or ledger is None or not self.config.ledger.enabled:
+            return None
+        path = self.config.ledger.path or default_ledger_path()
+        return Ledger(path)
+
+    def _make_budget(self) -> Budget | None:
+        cfg = self.config.budget
+        limits = BudgetLimits(cfg.daily_usd, cfg.monthly_usd, cfg.total_usd)
+        if limits == BudgetLimits():
+            return None
+        if self.ledger is None:
+            raise ConfigError(
+                "budgets are kept in the ledger; enable ledger (ledger.enabled: true)",
+                file=self.config.source,
+                line=self.config.locate("budget"),
+                key="budget",
+            )
+        return Budget(limits, self.ledger)
+
+    # -- providers ------------------------------------------------------------------------
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return {name: entry.provider for name, entry in self.catalog.entries.items()}
+
+    def provider(self, name: str) -> Provider:
+        return self.catalog.provider(name)
+
+    def capabilities(self, name: str) -> Mapping[str, Any]:
+        return self.catalog.entries[name].capabilities
+
+    def prices(self) -> dict[str, PriceTable]:
+        """The effective price tables (shipped data plus the config's overrides)."""
+        return {name: entry.prices for name, entry in self.catalog.entries.items()}
+
+    def http(self) -> httpx.AsyncClient:
+        """The shared HTTP client for the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            self._http = httpx.AsyncClient(
+                transport=self._transport,
+                follow_redirects=False,
+                timeout=httpx.Timeout(60.0, connect=10.0),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            )
+            self._http_loop = loop
+            self._clients = {}
+        return self._http
+
+    def client_for(self, name: str) -> ProviderClient:
+        client = self._clients.get(name)
+        if client is None:
+            entry = self.catalog.entries[name]
+            client = entry.provider.client(entry.settings, self.http())
+            self.redactor.add(entry.settings.resolve_api_key(entry.provider).get_secret_value())
+            self._clients[name] = client
+        return client
+
+    def schedule_for(self, offer: Offer) -> PollSchedule:
+        if self._schedule is not None:
+            return self._schedule(offer)
+        settings = self.config.provider_settings(offer.provider)
+        return FixedSchedule(interval=settings.poll_interval)
+
+    def emit(self, hook: str, **kwargs: Any) -> None:
+        self.plugins.call_event_hook(hook, **kwargs)
+
+    # -- quoting -------------------------------------------------------------------------
+
+    def quote(self, prompt: str = "quote", **options: Any) -> list[Offer]:
+        """Every backend's offer for this request, ranked: eligible and cheapest first."""
+        return self.quote_request(ImageRequest.build(prompt=prompt, **options))
+
+    def quote_request(self, request: ImageRequest) -> list[Offer]:
+        return quote(self.catalog, request, self.config, latency_of=self._latency_of)
+
+    def _latency_of(self, key: tuple[str, str, str]) -> float | None:
+        return self.health.stats(key).ewma_latency_s
+
+    # -- generation ----------------------------------------------------------------------
+
+    async def agenerate(self, prompt: str, **options: Any) -> GenerationResult:
+        """Generate images; returns when they are on disk."""
+        return await self._run(prompt, options)
+
+    async def aedit(self, prompt: str, images: Any, **options: Any) -> GenerationResult:
+        """Edit input images (paths, bytes, or URLs with allow_url_inputs=True)."""
+        return await self._run(prompt, {**options, "images": images})
+
+    def generate(self, prompt: str, **options: Any) -> GenerationResult:
+        return self._sync(lambda: self.agenerate(prompt, **options), "agenerate")
+
+    def edit(self, prompt: str, images: Any, **options: Any) -> GenerationResult:
+        return self._sync(lambda: self.aedit(prompt, images, **options), "aedit")
+
+    async def aresume(self) -> list[ResumeOutcome]:
+        """Collect accepted jobs whose images never reached disk (see `imagerouter resume`)."""
+        self._resumed = True
+        return await resume_uncollected(self)
+
+    def resume(self) -> list[ResumeOutcome]:
+        return self._sync(self.aresume, "aresume")
+
+    async def _run(self, prompt: str, options: dict[str, Any]) -> GenerationResult:
+        if self.config.routing.resume_on_start and not self._resumed and self.ledger is not None:
+            for outcome in await self.aresume():
+                log.info("resume at start: %s %s", outcome.task_id, outcome.state)
+        output_dir = Path(options.pop("output_dir", None) or self.config.output.dir)
+        progress: Callable[[Progress], None] | None = options.pop("progress", None)
+        request = ImageRequest.build(prompt=prompt, **options)
+        inputs = [_load(item) for item in request.images]
+        mask = _load(request.mask) if request.mask is not None else None
+        return await route_request(self, request, inputs, mask, output_dir, progress)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health_snapshot(self) -> list[BackendStats]:
+        keys = [
+            (name, model, operation)
+            for name in self.catalog.entries
+            for model in ("gpt-image-2", "gpt-image-1.5")
+            for operation in ("generate", "edit")
+        ]
+        return self.health.snapshot(keys)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _sync(self, make: Callable[[], Awaitable[_T]], twin: str) -> _T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ImageRouterError(
+                f"this sync method was called inside a running event loop; "
+                f"use `await router.{twin}(...)` instead"
+            )
+
+        async def once() -> _T:
+            try:
+                return await make()
+            finally:
+                await self._close_http()
+
+        return asyncio.run(_coroutine(once()))
+
+    async def _close_http(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self._http = None
+        self._http_loop = None
+        self._clients = {}
+
+    async def aclose(self) -> None:
+        await self._close_http()
+        if self.ledger is not None:
+            self.ledger.close()
+
+    def close(self) -> None:
+        # A client left over from an async session can only be closed on its own loop, and
+        # only when that loop is idle; otherwise the loop's shutdown releases it.
+        loop = self._http_loop
+        idle = loop is not None and not loop.is_closed() and not loop.is_running()
+        if self._http is not None and idle:
+            assert loop is not None
+            loop.run_until_complete(self._http.aclose())
+        self._http = None
+        if self.ledger is not None:
+            self.ledger.close()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Router providers={sorted(self.catalog.entries)} config={self.config.source!r}>"
+
+
+def _load(item: ImageInput) -> LoadedImage | str:
+    if item.kind == "url":
+        assert item.url is not None
+        return item.url
+    return load_input(item, max_bytes=MAX_INPUT_BYTES)
+
+
+async def _coroutine(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable

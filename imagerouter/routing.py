@@ -1,0 +1,442 @@
+"""One logical request, routed: pick an offer, run it, fail over only when that is safe.
+
+The loop, per attempt:
+1. re-quote for the images still missing and order the offers by rank and health;
+2. reserve the attempt's quoted cost (refused before any paid call if it does not fit);
+3. run the offer (execution.py) and keep every image it delivered;
+4. settle the reservation with what was (or may have been) billed, record health, ledger and
+   events, then classify each failure (failures.py) and either stop or move on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import NoEligibleOfferError, ProviderError
+from .events import AttemptEvent, ResultEvent
+from .execution import OfferOutcome, Progress, RunContext, run_offer
+from .failures import Verdict, classify, refusal_may_differ
+from .health import FailureKind
+from .result import AttemptRecord, GenerationResult, SavedImage
+
+if TYPE_CHECKING:
+    from .budget import Reservation
+    from .offers import Offer
+    from .provider import LoadedImage
+    from .request import ImageRequest
+    from .router import Router
+
+__all__ = ["route_request"]
+
+log = logging.getLogger("imagerouter.routing")
+
+
+@dataclass
+class _State:
+    request_id: str
+    request: ImageRequest
+    output_dir: Path
+    remaining: int
+    images: list[SavedImage] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    task_ids: list[str] = field(default_factory=list)
+    quoted: Decimal = Decimal(0)
+    billed: Decimal | None = None
+    tried: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    served_by: Offer | None = None
+    last_error: BaseException | None = None
+    double_charge_accepted: bool = False
+
+
+async def route_request(
+    router: Router,
+    request: ImageRequest,
+    inputs: Sequence[LoadedImage | str],
+    mask: LoadedImage | str | None,
+    output_dir: Path,
+    progress: Callable[[Progress], None] | None = None,
+) -> GenerationResult:
+    request_id = new_request_id()
+    state = _State(request_id, request, output_dir, remaining=request.n)
+    started = router.clock()
+    offers = _eligible(router, request, inputs, mask)
+    if router.ledger is not None:
+        router.ledger.begin_request(
+            request_id,
+            operation=request.operation,
+            model=request.model,
+            tier=request.tier or router.config.default_tier,
+            prompt=request.prompt,
+            request=request.public_dict(),
+            output_dir=str(output_dir),
+            quoted_usd=offers[0].total_usd,
+        )
+    try:
+        while state.remaining > 0:
+            if len(state.attempts) >= router.config.routing.max_attempts:
+                raise _final_error(state, "routing.max_attempts reached")
+            offer = _next_offer(router, state, inputs, mask)
+            if offer is None:
+                raise _final_error(state, "no healthy backend is left to try")
+            outcome = await _attempt(router, state, offer, inputs, mask, progress)
+            if outcome.errors and not _may_continue(router, state, offer, outcome):
+                raise _final_error(state, "stopped to avoid paying twice")
+    except BaseException as exc:
+        _finish(router, state, started, exc)
+        raise
+    _finish(router, state, started, None)
+    served = state.served_by
+    assert served is not None
+    return GenerationResult(
+        request_id=request_id,
+        provider=served.provider,
+        model=served.model,
+        operation=served.operation,
+        images=tuple(state.images),
+        cost_usd=state.quoted,
+        billed_usd=state.billed,
+        task_ids=tuple(state.task_ids),
+        attempts=tuple(state.attempts),
+        params=dict(served.params),
+        tier=served.tier,
+        notes=served.notes,
+    )
+
+
+def new_request_id() -> str:
+    """Sortable and readable, and safe as a file name: ir-20261122-101500-1a2b3c4d."""
+    return f"ir-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _eligible(
+    router: Router,
+    request: ImageRequest,
+    inputs: Sequence[LoadedImage | str],
+    mask: LoadedImage | str | None,
+) -> list[Offer]:
+    offers = router.quote_request(request)
+    usable = [offer for offer in offers if offer.eligible]
+    usable = [_check_inputs(router, offer, inputs, mask) for offer in usable]
+    eligible = [offer for offer in usable if offer.eligible]
+    if not eligible:
+        too_big = [offer for offer in usable if not offer.eligible]
+        if too_big:
+            from .errors import InputImageError
+
+            raise InputImageError(_input_name(too_big[0]), too_big[0].reason or "too large")
+        raise NoEligibleOfferError("no backend can serve this request:", offers)
+    return eligible
+
+
+def _input_name(offer: Offer) -> str:
+    return (offer.reason or "input").split(" is ", 1)[0]
+
+
+def _check_inputs(
+    router: Router,
+    offer: Offer,
+    inputs: Sequence[LoadedImage | str],
+    mask: LoadedImage | str | None,
+) -> Offer:
+    cap = router.capabilities(offer.provider).get("max_upload_bytes")
+    if not isinstance(cap, int):
+        return offer
+    for item in (*inputs, *([mask] if mask is not None else [])):
+        if not isinstance(item, str) and item.size_bytes > cap:
+            return replace(
+                offer,
+                eligible=False,
+                reason=f"{item.name} is {item.size_bytes} bytes, over {offer.provider}'s "
+                f"upload cap of {cap} bytes",
+            )
+    return offer
+
+
+def _next_offer(
+    router: Router,
+    state: _State,
+    inputs: Sequence[LoadedImage | str],
+    mask: LoadedImage | str | None,
+) -> Offer | None:
+    request = state.request
+    if state.remaining != request.n:
+        request = request.with_overrides(n=state.remaining)
+    try:
+        candidates = _eligible(router, request, inputs, mask)
+    except NoEligibleOfferError:
+        return None
+    ordered_keys = router.health.order([offer.backend for offer in candidates])
+    rank_of = {key: index for index, key in enumerate(ordered_keys)}
+    usable = [offer for offer in candidates if offer.backend in rank_of]
+    # Untried backends first; among equals, the health order (which keeps the price rank).
+    usable.sort(key=lambda o: (state.tried.get(o.backend, 0), rank_of[o.backend]))
+    for offer in usable:
+        if router.health.begin(offer.backend):
+            return offer
+    return None
+
+
+async def _attempt(
+    router: Router,
+    state: _State,
+    offer: Offer,
+    inputs: Sequence[LoadedImage | str],
+    mask: LoadedImage | str | None,
+    progress: Callable[[Progress], None] | None,
+) -> OfferOutcome:
+    attempt_no = len(state.attempts) + 1
+    attempt_id = f"{state.request_id}-a{attempt_no}"
+    state.tried[offer.backend] = state.tried.get(offer.backend, 0) + 1
+    quoted = offer.total_usd or Decimal(0)
+    try:
+        reservation = router.budget.reserve(state.request_id, quoted) if router.budget else None
+    except BaseException:
+        router.health.release(offer.backend)
+        raise
+    if router.ledger is not None:
+        router.ledger.begin_attempt(
+            attempt_id,
+            request_id=state.request_id,
+            attempt_no=attempt_no,
+            provider=offer.provider,
+            model=offer.model,
+            operation=offer.operation,
+            quoted_usd=quoted,
+            params=dict(offer.params),
+            accepts_double_charge=state.double_charge_accepted,
+        )
+    started = router.clock()
+    outcome = OfferOutcome()
+    try:
+        client = router.client_for(offer.provider)
+        ctx = RunContext(
+            request_id=state.request_id,
+            attempt_id=attempt_id,
+            provider=router.provider(offer.provider),
+            client=client,
+            settings=router.config.provider_settings(offer.provider),
+            ledger=router.ledger,
+            output_dir=state.output_dir,
+            http=router.http(),
+            max_bytes=router.config.downloads.max_bytes,
+            max_pixels=router.config.downloads.max_pixels,
+            clock=router.clock,
+            sleep=router.sleep,
+            schedule=router.schedule_for(offer),
+            on_unknown=router.config.routing.on_unknown_submission,
+            on_deadline=router.config.routing.on_deadline,
+            image_offset=len(state.images),
+            progress=progress,
+        )
+        outcome = await run_offer(ctx, offer, state.request.prompt, inputs, mask)
+    except Exception as exc:  # failures before any task (key, upload): nothing was created
+        outcome.errors.append(exc)
+    elapsed = router.clock() - started
+    _account(router, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no)
+    return outcome
+
+
+def _account(
+    router: Router,
+    state: _State,
+    offer: Offer,
+    outcome: OfferOutcome,
+    reservation: Reservation | None,
+    elapsed: float,
+    attempt_id: str,
+    attempt_no: int,
+) -> None:
+    per_image = offer.per_image_usd or Decimal(0)
+    delivered = len(outcome.images)
+    verdicts = [classify(error) for error in outcome.errors]
+    possibly_billed = sum(
+        count
+        for error, verdict, count in _error_counts(offer, outcome, verdicts)
+        if verdict.possibly_billed or (isinstance(error, ProviderError) and _billed_anyway(error))
+    )
+    quoted_spend = per_image * (delivered + possibly_billed)
+    spend = (
+        quoted_spend
+        if outcome.billed_usd is None
+        else outcome.billed_usd + per_image * possibly_billed
+    )
+    if router.budget is not None and reservation is not None:
+        if spend > 0:
+            router.budget.settle(reservation, spend)
+        else:
+            router.budget.release(reservation)
+    state.images.extend(outcome.images)
+    state.remaining -= delivered
+    state.task_ids.extend(outcome.task_ids)
+    state.quoted += quoted_spend
+    if outcome.billed_usd is not None:
+        state.billed = (state.billed or Decimal(0)) + outcome.billed_usd
+    if delivered and state.served_by is None:
+        state.served_by = offer
+    # Health: a delivered task proves the backend works; otherwise the first error decides.
+    if delivered:
+        router.health.record_success(offer.backend, outcome.latency_s)
+    elif verdicts:
+        verdict = verdicts[0]
+        if verdict.health == FailureKind.REQUEST:
+            router.health.release(offer.backend)
+        else:
+            router.health.record_failure(
+                offer.backend, verdict.health, retry_after=verdict.retry_after
+            )
+    else:
+        router.health.release(offer.backend)
+    first_error = outcome.errors[0] if outcome.errors else None
+    accepted = verdicts[0].accepted if verdicts else "yes"
+    if delivered and outcome.errors:
+        accepted = "yes"
+    outcome_name = (
+        "served" if delivered and not outcome.errors else ("partial" if delivered else "failed")
+    )
+    record = AttemptRecord(
+        provider=offer.provider,
+        model=offer.model,
+        outcome=outcome_name,
+        accepted=accepted,
+        error=str(first_error) if first_error else None,
+        error_type=type(first_error).__name__ if first_error else None,
+        task_ids=tuple(outcome.task_ids),
+    )
+    state.attempts.append(record)
+    if first_error is not None:
+        state.last_error = first_error
+    if router.ledger is not None:
+        router.ledger.end_attempt(
+            attempt_id,
+            outcome=outcome_name,
+            accepted=accepted,
+            error_type=record.error_type,
+            error=record.error,
+            billed_usd=outcome.billed_usd,
+            elapsed_s=elapsed,
+        )
+    log.info(
+        "attempt request=%s n=%d provider=%s model=%s outcome=%s accepted=%s images=%d "
+        "elapsed=%.2fs error=%s",
+        state.request_id,
+        attempt_no,
+        offer.provider,
+        offer.model,
+        outcome_name,
+        accepted,
+        delivered,
+        elapsed,
+        record.error_type,
+    )
+    router.emit(
+        "on_attempt",
+        event=AttemptEvent(
+            request_id=state.request_id,
+            attempt=attempt_no,
+            provider=offer.provider,
+            model=offer.model,
+            operation=offer.operation,
+            outcome=outcome_name,
+            accepted=accepted,
+            error_type=record.error_type,
+            error=record.error,
+            task_ids=tuple(outcome.task_ids),
+            quoted_usd=quoted_spend,
+            billed_usd=outcome.billed_usd,
+            elapsed_s=elapsed,
+        ),
+    )
+
+
+def _error_counts(
+    offer: Offer, outcome: OfferOutcome, verdicts: list[Verdict]
+) -> list[tuple[BaseException, Verdict, int]]:
+    # Without per-task sizes on errors, assume each failed task had the offer's first batch
+    # size; that is exact for RunAPI (1 image a task) and an upper bound for Runflow.
+    size = offer.batches[0] if offer.batches else 1
+    return [(error, verdict, size) for error, verdict in zip(outcome.errors, verdicts, strict=True)]
+
+
+def _billed_anyway(error: ProviderError) -> bool:
+    from .errors import DownloadFailedError
+
+    return isinstance(error, DownloadFailedError)
+
+
+def _may_continue(router: Router, state: _State, offer: Offer, outcome: OfferOutcome) -> bool:
+    routing = router.config.routing
+    for error in outcome.errors:
+        verdict = classify(error)
+        if verdict.failover:
+            continue
+        if verdict.accepted == "unknown" and routing.on_unknown_submission == "failover":
+            # The user accepted a possible double charge in the config; record it.
+            state.double_charge_accepted = True
+            continue
+        if type(error).__name__ == "JobTimedOutError" and routing.on_deadline == "hedge":
+            state.double_charge_accepted = True
+            continue
+        if refusal_may_differ(error, same_provider=_only_same_provider(router, state, offer)):
+            continue
+        return False
+    return True
+
+
+def _only_same_provider(router: Router, state: _State, offer: Offer) -> bool:
+    request = state.request
+    try:
+        others = [o for o in router.quote_request(request) if o.eligible]
+    except Exception:
+        return True
+    return all(o.provider == offer.provider for o in others)
+
+
+def _final_error(state: _State, why: str) -> BaseException:
+    if state.last_error is not None:
+        error = state.last_error
+        if state.images and isinstance(error, ProviderError):
+            saved = ", ".join(str(image.path) for image in state.images)
+            error.message = f"{error.message}; {len(state.images)} image(s) were saved: {saved}"
+            error.args = (error._render(),)
+        return error
+    return NoEligibleOfferError(f"the request could not be served: {why}")
+
+
+def _finish(router: Router, state: _State, started: float, error: BaseException | None) -> None:
+    elapsed = router.clock() - started
+    served = state.served_by
+    ok = error is None
+    if router.ledger is not None:
+        router.ledger.end_request(
+            state.request_id,
+            status="served" if ok else "failed",
+            provider=served.provider if served else None,
+            model=served.model if served else None,
+            cost_usd=state.quoted,
+            billed_usd=state.billed,
+            error=None if ok else f"{type(error).__name__}: {error}",
+            elapsed_s=elapsed,
+        )
+    router.emit(
+        "on_result",
+        event=ResultEvent(
+            request_id=state.request_id,
+            ok=ok,
+            provider=served.provider if served else None,
+            model=served.model if served else None,
+            attempts=len(state.attempts),
+            quoted_usd=state.quoted,
+            billed_usd=state.billed,
+            images=len(state.images),
+            error_type=None if ok else type(error).__name__,
+            error=None if ok else str(error),
+            elapsed_s=elapsed,
+        ),
+    )

@@ -1,0 +1,71 @@
+"""`RunAPIProvider`: RunAPI (runapi.ai) as an imagerouter provider.
+
+A pure description (prices, capabilities, offers) plus factories for the wire client and the
+emulator. See mapping.py for how a request becomes RunAPI's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from imagerouter.pricing import PriceTable
+from imagerouter.provider import Provider, ProviderSettings
+
+from .capabilities import PACKAGE, RunAPICapabilities, shipped_capabilities
+from .client import RunAPIClient
+from .mapping import runapi_offer
+
+if TYPE_CHECKING:
+    from imagerouter.emulation import EmulatorApp, EmulatorOptions
+    from imagerouter.offers import Offer
+    from imagerouter.request import ImageRequest
+
+__all__ = ["RunAPIProvider"]
+
+
+class RunAPIProvider(Provider):
+    """GPT Image 2 and GPT Image 1.5 through RunAPI's task API."""
+
+    name = "runapi"
+    title = "RunAPI"
+    key_env_var = "RUNAPI_API_KEY"
+    base_url_env_var = "RUNAPI_BASE_URL"
+    default_base_url = "https://runapi.ai"
+    # RunAPI replays the original task for a reused Idempotency-Key (`task_replayed: true`).
+    idempotent_creates = True
+    # There is no documented lookup by X-Client-Request-Id.
+    can_find_by_task_id = False
+    docs_url = "https://runapi.ai/models/gpt-image-2"
+
+    def price_table(self) -> PriceTable:
+        return PriceTable.from_package(PACKAGE)
+
+    def capabilities(self) -> Mapping[str, Any]:
+        return shipped_capabilities()
+
+    def offers(
+        self,
+        request: ImageRequest,
+        *,
+        prices: PriceTable,
+        capabilities: Mapping[str, Any],
+    ) -> list[Offer]:
+        caps = RunAPICapabilities.from_mapping(capabilities)
+        return [runapi_offer(request, prices=prices, capabilities=caps)]
+
+    def client(self, settings: ProviderSettings, http: httpx.AsyncClient) -> RunAPIClient:
+        return RunAPIClient(
+            self,
+            api_key=settings.resolve_api_key(self),
+            base_url=settings.resolve_base_url(self),
+            http=http,
+            timeout=settings.timeout,
+        )
+
+    def emulator(self, options: EmulatorOptions) -> EmulatorApp:
+        from .emulator import build_emulator
+
+        return build_emulator(self, options)

@@ -1,0 +1,185 @@
+"""Shared fixtures for the Runflow plugin's tests."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from imagerouter_runflow import RunflowProvider
+from imagerouter_runflow.client import RunflowClient
+from imagerouter_runflow.emulator import emulator_state
+from imagerouter_runflow.emulator_state import RunflowEmulatorOptions, RunflowEmulatorState
+from pydantic import SecretStr
+
+from imagerouter.emulation import EmulatorApp, EmulatorServer, LatencyModel
+from imagerouter.offers import Offer
+from imagerouter.provider import ProviderSettings, TaskSpec
+from imagerouter.request import ImageRequest
+
+SECRET_KEY = "rf_live_TOPSECRETkey0123456789"
+
+
+@pytest.fixture
+def provider() -> RunflowProvider:
+    return RunflowProvider()
+
+
+@pytest.fixture
+def make_offer(provider: RunflowProvider) -> Callable[..., Offer]:
+    def build(**fields: Any) -> Offer:
+        request = ImageRequest.build(prompt=fields.pop("prompt", "a red fox"), **fields)
+        (offer,) = provider.offers(
+            request, prices=provider.price_table(), capabilities=provider.capabilities()
+        )
+        assert offer.eligible, offer.reason
+        return offer
+
+    return build
+
+
+@pytest.fixture
+def make_task() -> Callable[..., TaskSpec]:
+    counter = iter(range(1, 10_000))
+
+    def build(offer: Offer, **fields: Any) -> TaskSpec:
+        number = next(counter)
+        base: dict[str, Any] = {
+            "task_id": f"task-{number:04d}",
+            "idempotency_key": f"idem-{number:04d}",
+            "prompt": "a red fox",
+            "model": offer.model,
+            "operation": offer.operation,
+            "num_images": offer.batches[0],
+            "params": dict(offer.params),
+        }
+        base.update(fields)
+        return TaskSpec(**base)
+
+    return build
+
+
+@pytest.fixture
+def secret_key() -> str:
+    """A key whose string must never show up in an error, repr or log line."""
+    return SECRET_KEY
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the emulator reads it from its thread)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Rig:
+    """One Runflow emulator served over loopback, and a client pointed at it."""
+
+    emulator: EmulatorApp
+    state: RunflowEmulatorState
+    server: EmulatorServer
+    http: httpx.AsyncClient
+    client: RunflowClient
+    clock: FakeClock
+    key: str
+    sent: list[httpx.Request]
+
+    def client_with(self, **settings: Any) -> RunflowClient:
+        config = ProviderSettings(
+            api_key=SecretStr(settings.pop("api_key", self.key)),
+            base_url=settings.pop("base_url", self.server.url),
+            **settings,
+        )
+        client = RunflowProvider().client(config, self.http)
+        assert isinstance(client, RunflowClient)
+        return client
+
+    def finish_runs(self) -> None:
+        """Move the clock past every run's latency."""
+        self.clock.advance(1.0)
+        self.state.settle()
+
+
+class SwitchApp:
+    """An ASGI app that forwards to whichever emulator the current test installed, so one
+    uvicorn server serves every test (starting and stopping one takes a few hundred ms)."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.target(scope, receive, send)
+
+
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[tuple[EmulatorServer, SwitchApp]]:
+    switch = SwitchApp()
+    with EmulatorServer(switch) as server:
+        yield server, switch
+
+
+@pytest.fixture(scope="session")
+def tls_context() -> ssl.SSLContext:
+    # Building httpx's default TLS context costs ~100 ms per client; loopback needs none.
+    return ssl.create_default_context()
+
+
+@pytest.fixture
+async def make_rig(
+    secret_key: str,
+    shared_server: tuple[EmulatorServer, SwitchApp],
+    tls_context: ssl.SSLContext,
+) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
+    """`await make_rig(**emulator_options)`: an emulator, served, and a client for it."""
+    server, switch = shared_server
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def build(**options: Any) -> Rig:
+            clock = FakeClock()
+            settings = options.pop("settings", {})
+            opts = RunflowEmulatorOptions(
+                api_key=secret_key,
+                latency=LatencyModel("fixed", 0.01),
+                clock=clock,
+                **options,
+            )
+            emulator = RunflowProvider().emulator(opts)
+            switch.target = emulator.app
+            sent: list[httpx.Request] = []
+
+            async def record(request: httpx.Request) -> None:
+                sent.append(request)
+
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(event_hooks={"request": [record]}, verify=tls_context)
+            )
+            rig = Rig(
+                emulator=emulator,
+                state=emulator_state(emulator),
+                server=server,
+                http=http,
+                client=None,  # type: ignore[arg-type]
+                clock=clock,
+                key=secret_key,
+                sent=sent,
+            )
+            rig.client = rig.client_with(**settings)
+            return rig
+
+        yield build
+
+
+@pytest.fixture
+async def rig(make_rig: Callable[..., Awaitable[Rig]]) -> Rig:
+    return await make_rig()
