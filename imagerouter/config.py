@@ -118,6 +118,8 @@ class HealthSettings(_Section):
     jitter: float = Field(default=0.1, ge=0, le=1)
     rate_limit_cooldown_s: float = Field(default=10.0, gt=0)
     out_of_credit_s: float = Field(default=3600.0, gt=0)
+    max_rate_limit_s: float = Field(default=300.0, ge=0)
+    trial_timeout_s: float = Field(default=1200.0, gt=0)
     free_checks: bool = False
 
 

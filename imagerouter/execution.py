@@ -204,7 +204,19 @@ async def _run_task(
             billed_usd=submission.billed_usd,
         )
     _note(ctx, index, len(offer.batches), submission.state.value, started)
-    status = await _poll(ctx, offer, submission, task, index, started)
+    try:
+        status = await _poll(ctx, offer, submission, task, index, started)
+    except JobFailedError as exc:
+        if ctx.ledger is not None:
+            ctx.ledger.task_finished(task_id, state="failed", error=str(exc))
+        raise
+    except JobTimedOutError as exc:
+        # Still running at the provider: it may finish and be billed; `resume` collects it.
+        if ctx.ledger is not None:
+            ctx.ledger.task_finished(
+                task_id, state="timed_out", error=str(exc), possibly_billed=True
+            )
+        raise
     latency = ctx.clock() - started
     try:
         images = await _collect(ctx, offer, task_id, status, offset)

@@ -33,6 +33,7 @@ from .ledger import Ledger
 from .paths import default_ledger_path
 from .plugins import Plugins
 from .polling import FixedSchedule, PollSchedule
+from .provider import FreeCheck
 from .quoting import Catalog, quote
 from .redact import default_redactor
 from .request import ImageInput, ImageRequest
@@ -85,16 +86,8 @@ class Router:
                 self.redactor.add(api_key.get_secret_value())
         self.ledger = self._open_ledger(ledger)
         self.budget = self._make_budget()
-        cfg = self.config.health
         self.health = health or HealthTracker(
-            HealthPolicy(
-                failure_threshold=cfg.failure_threshold,
-                base_ejection_s=cfg.base_ejection_s,
-                max_ejection_s=cfg.max_ejection_s,
-                jitter=cfg.jitter,
-                rate_limit_cooldown_s=cfg.rate_limit_cooldown_s,
-                out_of_credit_s=cfg.out_of_credit_s,
-            ),
+            HealthPolicy.from_mapping(self.config.health.model_dump()),
             clock=clock,
             config_fingerprint=self.config.fingerprint(),
         )
@@ -241,6 +234,23 @@ class Router:
             for operation in ("generate", "edit")
         ]
         return self.health.snapshot(keys)
+
+    async def afree_checks(self) -> dict[str, FreeCheck | None]:
+        """Run each provider's free check (RunAPI balance, Runflow health): never a paid job.
+        A provider that fails its check gets `FreeCheck(ok=False, detail=...)`."""
+        checks: dict[str, FreeCheck | None] = {}
+        for name in self.catalog.entries:
+            try:
+                check = await self.client_for(name).free_check()
+            except ImageRouterError as exc:
+                check = FreeCheck(ok=False, detail=str(exc))
+            if check is not None and check.balance_usd is not None:
+                self.health.record_balance(name, check.balance_usd)
+            checks[name] = check
+        return checks
+
+    def free_checks(self) -> dict[str, FreeCheck | None]:
+        return self._sync(self.afree_checks, "afree_checks")
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -154,3 +154,21 @@ def test_spend_since_forms(since: str) -> None:
     code, out = invoke("spend", "--since", since, "--json")
     assert code == 0, out
     assert yaml.safe_load(out)["since"] == since
+
+
+def test_health_free_checks_against_the_emulators(emulators: object, tmp_path: Path) -> None:
+    from imagerouter.emulated import Emulators
+
+    assert isinstance(emulators, Emulators)
+    config = tmp_path / "c.yaml"
+    providers = {
+        name: {"base_url": emulators.url(name), "api_key": emulators.keys[name]}
+        for name in ("runapi", "runflow")
+    }
+    config.write_text(yaml.safe_dump({"providers": providers}))
+    code, out = invoke("health", "--check", "--config", str(config), "--json")
+    assert code == 0, out
+    checks = json.loads(out)["checks"]
+    assert checks["runapi"]["ok"] and checks["runapi"]["balance_usd"] is not None
+    assert checks["runflow"]["ok"]
+    assert sum(emulators.created().values()) == 0  # free checks never create a job

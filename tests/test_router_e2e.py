@@ -161,3 +161,23 @@ async def test_async_twins_run_concurrently(make_router: MakeRouter, emulators: 
     assert len({r.request_id for r in results}) == 4
     assert emulators.created()["runapi"] == 4
     await router.aclose()
+
+
+@pytest.mark.parametrize(("quality", "provider"), [("medium", "runflow"), ("high", "runapi")])
+def test_gpt_image_15_edit_on_both_providers(
+    make_router: MakeRouter, emulators: Emulators, input_png: Path, quality: str, provider: str
+) -> None:
+    router = make_router()
+    result = router.edit("make it blue", images=[input_png], model="gpt-image-1.5", quality=quality)
+    assert (result.provider, result.model, result.operation) == (provider, "gpt-image-1.5", "edit")
+    assert emulators.created()[provider] == 1
+    assert emulators.apps[provider].counters.uploads >= 1
+
+
+def test_gpt_image_2_edit_on_runflow(
+    make_router: MakeRouter, emulators: Emulators, input_png: Path
+) -> None:
+    router = make_router()
+    result = router.edit("make it blue", images=[input_png, input_png.read_bytes()], quality="low")
+    assert (result.provider, result.model, result.operation) == ("runflow", "gpt-image-2", "edit")
+    assert emulators.apps["runflow"].counters.uploads >= 2

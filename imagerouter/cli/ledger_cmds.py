@@ -161,17 +161,44 @@ def resume(config_path: Path | None, as_json: bool) -> None:
 
 
 @click.command()
+@click.option(
+    "--check",
+    "free_checks",
+    is_flag=True,
+    help="Also run each provider's free check (balance / health endpoint; never a paid job).",
+)
 @config_option
 @json_option
 @handle_errors
-def health(config_path: Path | None, as_json: bool) -> None:
+def health(free_checks: bool, config_path: Path | None, as_json: bool) -> None:
     """Backend health as this process sees it (passive: no paid probes)."""
     loaded = load(config_path)
     router = Router(loaded.config, plugins=loaded.plugins, ledger=False)
     stats = router.health_snapshot()
+    checks = {}
+    if free_checks or loaded.config.health.free_checks:
+        checks = {
+            name: None
+            if check is None
+            else {
+                "ok": check.ok,
+                "detail": check.detail,
+                "balance_usd": check.balance_usd,
+            }
+            for name, check in router.free_checks().items()
+        }
     if as_json:
-        print_json({"backends": [item.to_dict() for item in stats]})
+        print_json({"backends": [item.to_dict() for item in stats], "checks": checks})
         return
+    for name, check in checks.items():
+        if check is None:
+            console.print(f"{name}: no free check")
+        else:
+            balance = (
+                f", balance ${check['balance_usd']}" if check["balance_usd"] is not None else ""
+            )
+            state = "[green]ok[/green]" if check["ok"] else "[red]failed[/red]"
+            console.print(f"{name}: {state} {check['detail']}{balance}")
     table = Table(title="Backend health")
     for column in ("provider", "model", "operation", "state", "failures", "p50 s", "retry in"):
         table.add_column(column)

@@ -131,7 +131,9 @@ class EmulatorServer:
             raise RuntimeError("the emulator server is already started")
         # Bind here, in the caller's thread: the port is known at once and a bind error
         # surfaces as an exception instead of a dead background thread.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio only disables Nagle's algorithm on accepted sockets it
+        # recognises as TCP, and with Nagle every keep-alive request waits ~40 ms.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self._requested_port))

@@ -63,7 +63,7 @@ _UNKNOWN_AFTER_SEND = (
     httpx.RemoteProtocolError,
 )
 # Errors that prove nothing was sent.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 def encode_model_id(model_id: str) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,6 +23,7 @@ from imagerouter.emulation import (
     EmulatedJob,
     EmulatorApp,
     EmulatorOptions,
+    JobFate,
     drop_connection,
 )
 
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from .provider import RunflowProvider
 
 __all__ = ["build_emulator", "emulator_state"]
+
+# Create faults that make a run which then fails, or never finishes.
+_FATES: dict[str, JobFate] = {"task_failed": "fail", "task_stuck": "stuck"}
 
 
 def emulator_state(emulator: EmulatorApp) -> RunflowEmulatorState:
@@ -51,6 +56,7 @@ def build_emulator(provider: RunflowProvider, options: EmulatorOptions) -> Emula
     state = RunflowEmulatorState(options=options, prices=provider.price_table())
     runs, storage = _RunsApi(state), StorageApi(state)
     app = Starlette(
+        middleware=[Middleware(_SettleFirst, state=state)],
         routes=[
             Route("/v1/health", runs.health, methods=["GET"]),
             Route("/v1/models/{model_id:path}/runs", runs.create_run, methods=["POST"]),
@@ -64,10 +70,23 @@ def build_emulator(provider: RunflowProvider, options: EmulatorOptions) -> Emula
                 methods=["POST"],
             ),
             Route("/files/{file_id}", storage.file, methods=["GET"]),
-        ]
+        ],
     )
     app.state.runflow = state
     return EmulatorApp(provider=provider.name, app=app, options=options, counters=state.counters)
+
+
+class _SettleFirst:
+    """Bill finished runs before every request: billing follows time, not polls."""
+
+    def __init__(self, app: Any, state: RunflowEmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.state.settle()
+        await self.app(scope, receive, send)
 
 
 class _RunsApi(ApiBase):
@@ -77,7 +96,6 @@ class _RunsApi(ApiBase):
         return JSONResponse({"status": "ok", "version": "emulator"})
 
     async def create_run(self, request: Request) -> Response:
-        self.state.settle()
         if not self._authorized(request):
             return error(401, "Missing or invalid API key", "UNAUTHORIZED")
         model_id = request.path_params["model_id"]
@@ -106,11 +124,7 @@ class _RunsApi(ApiBase):
             id=EmulatedJob.new_id(),
             created_at=self.state.now(),
             duration=self.state.sample_latency(spec.operation),
-            fate="fail"
-            if kind == "task_failed"
-            else "stuck"
-            if kind == "task_stuck"
-            else "succeed",
+            fate=_FATES.get(kind or "", "succeed"),
             width=shape.width,
             height=shape.height,
             fmt=shape.fmt,
@@ -153,7 +167,6 @@ class _RunsApi(ApiBase):
         return JSONResponse(run, status_code=201, headers={"Runflow-Request-Id": request_id})
 
     async def get_run(self, request: Request) -> Response:
-        self.state.settle()
         if not self._authorized(request):
             return error(401, "Missing or invalid API key", "UNAUTHORIZED")
         self.counters.bump("polls")
@@ -166,7 +179,6 @@ class _RunsApi(ApiBase):
         return JSONResponse(self.state.run_object(job, self._base(request)))
 
     async def list_runs(self, request: Request) -> Response:
-        self.state.settle()
         if not self._authorized(request):
             return error(401, "Missing or invalid API key", "UNAUTHORIZED")
         answer = await self._common_fault(request, self._draw("find"))

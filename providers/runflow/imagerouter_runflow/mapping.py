@@ -221,14 +221,12 @@ def _gpt_image_2_size(
             raise _Ineligible(
                 f"aspect ratio {ratio}: Runflow's gpt-image-2 allows at most {rules.max_ratio:g}:1"
             )
-        width, height = pixels_for(ratio, geometry.resolution, rules.multiple)
-        width, height = _fit_pixels(width, height, rules)
-        if width * height < rules.min_pixels:
-            width, height = _grow_pixels(width, height, rules)
-        if (width, height) != pixels_for(ratio, geometry.resolution, rules.multiple):
+        natural = pixels_for(ratio, geometry.resolution, rules.multiple)
+        width, height = _fit_pixels(*natural, rules)
+        if (width, height) != natural:
             notes.append(
                 f"{ratio} at {geometry.resolution} sent as {width}x{height} to stay within "
-                "Runflow's pixel limits"
+                "Runflow's pixel limit"
             )
     else:
         assert geometry.width is not None and geometry.height is not None
@@ -254,12 +252,6 @@ def _fit_pixels(width: int, height: int, rules: SizeRules) -> tuple[int, int]:
     width = max(step, math.floor(width * scale / step) * step)
     height = max(step, math.floor(height * scale / step) * step)
     return width, height
-
-
-def _grow_pixels(width: int, height: int, rules: SizeRules) -> tuple[int, int]:
-    step = rules.multiple
-    scale = math.sqrt(rules.min_pixels / (width * height))
-    return math.ceil(width * scale / step) * step, math.ceil(height * scale / step) * step
 
 
 def _sizes_15(caps: Mapping[str, Any]) -> list[str]:

@@ -228,7 +228,7 @@ def error_from_response(
     raw = _json(response)
     body = raw if isinstance(raw, Mapping) else {}
     code = body.get("code")
-    code = str(code) if code is not None else None
+    code = scrub(str(code)) if code is not None else None
     message = body.get("message")
     if message is None and isinstance(body.get("detail"), str):
         message = body["detail"]

@@ -188,7 +188,7 @@ def test_ratio_rounding_past_the_pixel_limit_is_shrunk_to_fit() -> None:
     size = result.params["image_size"]
     assert size["width"] * size["height"] <= 8_294_400
     assert size["width"] % 16 == 0 and size["height"] % 16 == 0
-    assert any("pixel limits" in note for note in result.notes)
+    assert any("pixel limit" in note for note in result.notes)
 
 
 def test_ratio_beyond_three_to_one_is_ineligible() -> None:
