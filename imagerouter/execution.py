@@ -85,6 +85,10 @@ class RunContext:
     on_deadline: str = "fail"
     image_offset: int = 0
     progress: Callable[[Progress], None] | None = None
+    # Provider callbacks (webhooks) go here when the user configured a public base URL;
+    # a callback only wakes the poll loop early, it is never trusted on its own.
+    callback_url: str | None = None
+    waiters: dict[tuple[str, str], asyncio.Event] | None = None
 
 
 @dataclass
@@ -171,6 +175,7 @@ async def _run_task(
         input_urls=input_urls,
         mask_url=mask_url,
         metadata={"imagerouter_request": ctx.request_id},
+        callback_url=ctx.callback_url,
     )
     per_image = offer.per_image_usd or Decimal(0)
     if ctx.ledger is not None:
@@ -311,43 +316,73 @@ async def _poll(
     fatal_streak = 0
     polls = 0
     state = submission.state
-    while True:
-        await ctx.sleep(ctx.schedule.delay(polls, ctx.clock() - started))
-        polls += 1
-        try:
-            status = await ctx.client.get(submission.poll_ref)
-        except (AuthenticationError, InvalidRequestError) as exc:
-            fatal_streak += 1
-            if fatal_streak >= FATAL_POLL_ERRORS:
-                raise _with_task(exc, submission) from exc
-            status = None
-        except ProviderError as exc:
-            fatal_streak = 0
-            log.info("poll of %s failed, will retry: %s", submission.task_id, exc)
-            status = None
-        if status is not None:
-            fatal_streak = 0
-            state = status.state
-            _note(ctx, index, len(offer.batches), state.value, started)
-            if status.state.produced_images:
-                return status
-            if status.terminal:
-                raise JobFailedError(
-                    status.error or f"the task ended {status.state.value}",
+    key = (ctx.provider.name, submission.task_id)
+    nudge = asyncio.Event() if ctx.waiters is not None else None
+    if ctx.waiters is not None and nudge is not None:
+        ctx.waiters[key] = nudge
+    try:
+        while True:
+            await _wait(ctx, ctx.schedule.delay(polls, ctx.clock() - started), nudge)
+            polls += 1
+            status, fatal_streak = await _poll_once(ctx, submission, fatal_streak)
+            if status is not None:
+                state = status.state
+                _note(ctx, index, len(offer.batches), state.value, started)
+                if status.state.produced_images:
+                    return status
+                if status.terminal:
+                    raise JobFailedError(
+                        status.error or f"the task ended {status.state.value}",
+                        provider=ctx.provider.name,
+                        code=status.error_code,
+                        task_id=submission.task_id,
+                        client_ref=task.task_id,
+                    )
+            if ctx.clock() >= deadline and ctx.on_deadline != "wait":
+                raise JobTimedOutError(
+                    f"still {state.value} after {ctx.settings.poll_deadline:g} s "
+                    "(providers.<name>.poll_deadline); it may still finish and be billed: "
+                    "`imagerouter resume` will collect it",
                     provider=ctx.provider.name,
-                    code=status.error_code,
                     task_id=submission.task_id,
                     client_ref=task.task_id,
                 )
-        if ctx.clock() >= deadline and ctx.on_deadline != "wait":
-            raise JobTimedOutError(
-                f"still {state.value} after {ctx.settings.poll_deadline:g} s "
-                "(providers.<name>.poll_deadline); it may still finish and be billed: "
-                "`imagerouter resume` will collect it",
-                provider=ctx.provider.name,
-                task_id=submission.task_id,
-                client_ref=task.task_id,
-            )
+    finally:
+        if ctx.waiters is not None:
+            ctx.waiters.pop(key, None)
+
+
+async def _wait(ctx: RunContext, delay: float, nudge: asyncio.Event | None) -> None:
+    """Sleep until the next poll, or until a provider callback nudges us."""
+    if nudge is None:
+        await ctx.sleep(delay)
+        return
+    if nudge.is_set():
+        nudge.clear()
+        return
+    sleeper = asyncio.ensure_future(ctx.sleep(delay))
+    waker = asyncio.ensure_future(nudge.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+    nudge.clear()
+
+
+async def _poll_once(
+    ctx: RunContext, submission: Submission, fatal_streak: int
+) -> tuple[TaskStatus | None, int]:
+    """One GET. Transient errors give (None, 0); auth/not-found ones count toward giving up."""
+    try:
+        return await ctx.client.get(submission.poll_ref), 0
+    except (AuthenticationError, InvalidRequestError) as exc:
+        if fatal_streak + 1 >= FATAL_POLL_ERRORS:
+            raise _with_task(exc, submission) from exc
+        return None, fatal_streak + 1
+    except ProviderError as exc:
+        log.info("poll of %s failed, will retry: %s", submission.task_id, exc)
+        return None, 0
 
 
 def _with_task(exc: ProviderError, submission: Submission) -> ProviderError:

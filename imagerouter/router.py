@@ -69,6 +69,7 @@ class Router:
         sleep: Sleep = system_sleep,
         transport: httpx.AsyncBaseTransport | None = None,
         schedule: Callable[[Offer], PollSchedule] | None = None,
+        callback_base_url: str | None = None,
     ) -> None:
         self.config = config if config is not None else load_config()
         self.plugins = plugins if plugins is not None else Plugins.load()
@@ -95,6 +96,9 @@ class Router:
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[str, ProviderClient] = {}
         self._resumed = False
+        # Set only when a public URL reaches us (the gateway); providers then call back.
+        self.callback_base_url = callback_base_url.rstrip("/") if callback_base_url else None
+        self.waiters: dict[tuple[str, str], asyncio.Event] = {}
 
     # -- construction -------------------------------------------------------------------
 
@@ -173,6 +177,21 @@ class Router:
             return self._schedule(offer)
         settings = self.config.provider_settings(offer.provider)
         return FixedSchedule(interval=settings.poll_interval)
+
+    def callback_url(self, provider: str) -> str | None:
+        if self.callback_base_url is None:
+            return None
+        return f"{self.callback_base_url}/callbacks/{provider}"
+
+    def nudge(self, provider: str, task_id: str) -> bool:
+        """A provider callback says task `task_id` changed: poll it now instead of waiting.
+        Returns False when no job of this process is polling that task. The callback itself
+        is never trusted; the poll that follows is an authenticated GET."""
+        event = self.waiters.get((provider, task_id))
+        if event is None:
+            return False
+        event.set()
+        return True
 
     def emit(self, hook: str, **kwargs: Any) -> None:
         self.plugins.call_event_hook(hook, **kwargs)

@@ -234,6 +234,8 @@ async def _attempt(
             on_deadline=router.config.routing.on_deadline,
             image_offset=len(state.images),
             progress=progress,
+            callback_url=router.callback_url(offer.provider),
+            waiters=router.waiters,
         )
         outcome = await run_offer(ctx, offer, state.request.prompt, inputs, mask)
     except Exception as exc:  # failures before any task (key, upload): nothing was created

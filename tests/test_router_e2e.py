@@ -181,3 +181,30 @@ def test_gpt_image_2_edit_on_runflow(
     result = router.edit("make it blue", images=[input_png, input_png.read_bytes()], quality="low")
     assert (result.provider, result.model, result.operation) == ("runflow", "gpt-image-2", "edit")
     assert emulators.apps["runflow"].counters.uploads >= 2
+
+
+async def test_a_callback_nudge_makes_the_router_poll_now(
+    make_router: MakeRouter, emulators: Emulators
+) -> None:
+    from imagerouter.emulation import LatencyModel
+
+    emulators.apps["runapi"].options.latency = LatencyModel("fixed", 0.05)
+    # Poll only every 30 s, so finishing quickly needs the nudge.
+    router = make_router(
+        {"providers": {"runapi": {"poll_interval": 30}}},
+        sleep=asyncio.sleep,
+        callback_base_url="https://gateway.example",
+    )
+    job = asyncio.ensure_future(router.agenerate("a red fox"))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if router.waiters:
+            break
+    ((provider, task_id),) = router.waiters
+    assert router.nudge("runflow", task_id) is False  # wrong provider: ignored
+    await asyncio.sleep(0.1)  # the job is done at the provider now
+    assert router.nudge(provider, task_id) is True
+    result = await asyncio.wait_for(job, timeout=5)
+    assert result.provider == "runapi"
+    assert not router.waiters
+    await router.aclose()
