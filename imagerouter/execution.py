@@ -320,11 +320,15 @@ async def _poll(
     nudge = asyncio.Event() if ctx.waiters is not None else None
     if ctx.waiters is not None and nudge is not None:
         ctx.waiters[key] = nudge
+    error_streak = 0
     try:
         while True:
-            await _wait(ctx, ctx.schedule.delay(polls, ctx.clock() - started), nudge)
+            delay = ctx.schedule.delay(polls, ctx.clock() - started)
+            # Back off while polls fail (x2, x4, x8), so a struggling provider is not hammered.
+            await _wait(ctx, delay * 2 ** min(error_streak, 3), nudge)
             polls += 1
             status, fatal_streak = await _poll_once(ctx, submission, fatal_streak)
+            error_streak = 0 if status is not None else error_streak + 1
             if status is not None:
                 state = status.state
                 _note(ctx, index, len(offer.batches), state.value, started)

@@ -85,6 +85,7 @@ async def route_request(
             offer = _next_offer(router, state, inputs, mask)
             if offer is None:
                 raise _final_error(state, "no healthy backend is left to try")
+            await _wait_if_cooling_down(router, offer)
             outcome = await _attempt(router, state, offer, inputs, mask, progress)
             if outcome.errors and not _may_continue(router, state, offer, outcome):
                 raise _final_error(state, "stopped to avoid paying twice")
@@ -157,6 +158,17 @@ def _check_inputs(
                 f"upload cap of {cap} bytes",
             )
     return offer
+
+
+MAX_COOLDOWN_WAIT_S = 60.0
+
+
+async def _wait_if_cooling_down(router: Router, offer: Offer) -> None:
+    """When the only backend left is cooling down (a 429's Retry-After), wait for it rather
+    than hammer it; with another healthy backend the router never gets here."""
+    wait = router.health.retry_in(offer.backend)
+    if wait is not None and wait > 0:
+        await router.sleep(min(wait, MAX_COOLDOWN_WAIT_S))
 
 
 def _next_offer(

@@ -210,3 +210,21 @@ def test_download_glitches_are_retried_not_repaid(
     result = router.generate("a red fox")
     assert result.provider == "runapi" and result.images[0].path.exists()
     assert emulators.created() == {"runapi": 1, "runflow": 0}
+
+
+def test_rate_limited_only_backend_waits_for_retry_after(
+    make_router: MakeRouter, emulators: Emulators
+) -> None:
+    fault(emulators, "runapi", "create:seq=429,ok")
+    waits: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(min(seconds, 0.005))
+
+    router = make_router(sleep=recording_sleep)
+    result = router.generate("a red fox", providers=["runapi"])
+    assert result.provider == "runapi"
+    assert [a.error_type for a in result.attempts] == ["RateLimitedError", None]
+    assert any(w >= 0.5 for w in waits)  # it waited out the 1 s Retry-After before retrying
+    assert emulators.created() == {"runapi": 1, "runflow": 0}

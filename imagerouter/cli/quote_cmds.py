@@ -59,25 +59,39 @@ def _placeholder(index: int) -> ImageInput:
 
 
 def _offers_table(offers: list[Offer]) -> Table:
+    tiers = any(offer.tier for offer in offers)
     table = Table(title="Offers (eligible first, cheapest first)")
-    for column in ("provider", "model", "tier", "params", "tasks", "per image", "total", "note"):
-        table.add_column(column, justify="right" if column in ("per image", "total") else "left")
+    columns = ["provider", "model", *(["tier"] if tiers else []), "params", "tasks"]
+    for column in [*columns, "per image", "total", "note"]:
+        table.add_column(
+            column,
+            justify="right" if column in ("per image", "total") else "left",
+            no_wrap=column in ("provider", "model", "tasks", "per image", "total"),
+            overflow="fold",
+        )
     for offer in offers:
-        style = None if offer.eligible else "dim"
-        params = ", ".join(f"{k}={v}" for k, v in offer.params.items())
         note = offer.reason if not offer.eligible else "; ".join(offer.notes)
-        table.add_row(
-            offer.provider,
-            offer.model,
-            f"{offer.tier}[{offer.variant}]" if offer.tier else "",
-            params,
+        cells = [offer.provider, offer.model]
+        if tiers:
+            cells.append(f"{offer.tier}[{offer.variant}]" if offer.tier else "")
+        cells += [
+            _params(offer.params),
             str(offer.tasks) if offer.eligible else "",
             _usd(offer.per_image_usd),
             _usd(offer.total_usd),
             note or "",
-            style=style,
-        )
+        ]
+        table.add_row(*cells, style=None if offer.eligible else "dim")
     return table
+
+
+def _params(params: Any) -> str:
+    def show(value: Any) -> str:
+        if isinstance(value, dict) and set(value) == {"width", "height"}:
+            return f"{value['width']}x{value['height']}"
+        return str(value)
+
+    return " ".join(f"{key}={show(value)}" for key, value in params.items())
 
 
 def _usd(amount: Any) -> str:
