@@ -47,6 +47,7 @@ __all__ = [
     "BudgetSettings",
     "Config",
     "DownloadSettings",
+    "GatewaySettings",
     "HealthSettings",
     "LedgerSettings",
     "OutputSettings",
@@ -67,7 +68,7 @@ DICT_SOURCE = "<dict>"
 # Only a whole value is a reference: "a-${X}" stays as typed (documented in configuration.md).
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECTIONS = ("providers", "tiers", "default_tier", "routing", "budget", "health", "ledger",
-             "output", "downloads")
+             "output", "downloads", "gateway")
 
 
 class _Section(BaseModel):
@@ -145,6 +146,59 @@ class DownloadSettings(_Section):
     max_pixels: int = Field(default=64_000_000, gt=0)
 
 
+class GatewaySettings(_Section):
+    """`imagerouter serve`: the OpenAI-compatible gateway (docs/gateway.md)."""
+
+    # Bearer keys clients must send. Empty: no auth, and `serve` binds to loopback only.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    # Where providers can reach this gateway; only then do creates carry a callback_url.
+    public_base_url: str | None = None
+    runflow_callback_secret: SecretStr | None = None
+    runapi_callback_secret: SecretStr | None = None
+    max_body_bytes: int = Field(default=60 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    response_format_default: Literal["b64_json", "url"] = "b64_json"
+    output_dir: Path | None = None  # None: output.dir
+
+    _expand = _field_validator("output_dir")(_expand_user)
+
+    @_field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        # `api_keys: ${GATEWAY_KEYS}` may hold several keys separated by commas.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and not all(isinstance(v, str | SecretStr) for v in value):
+            raise ValueError("each key must be text")  # never echo what may be a key
+        return value
+
+    @_field_validator("runflow_callback_secret", "runapi_callback_secret", mode="before")
+    @classmethod
+    def _secret_is_text(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str | SecretStr):
+            raise ValueError("must be text")  # never echo what may be a secret
+        return value
+
+    @_field_validator("api_keys")
+    @classmethod
+    def _keys_are_usable(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            text = key.get_secret_value()
+            if not text or text != text.strip() or any(c.isspace() for c in text):
+                raise ValueError("a gateway key must be non-empty and contain no spaces")
+        return value
+
+    @_field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ValueError("must be an http(s) URL without a query, e.g. https://img.example.com")
+        return value
+
+
 class Config(_Section):
     """The whole configuration. Build it with `load_config`; it never changes afterwards."""
 
@@ -157,6 +211,7 @@ class Config(_Section):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     downloads: DownloadSettings = Field(default_factory=DownloadSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     source: str | None = Field(default=None, exclude=True)
 
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)

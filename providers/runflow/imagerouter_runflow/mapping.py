@@ -163,6 +163,15 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
     ):
         raise _Ineligible(f"Runflow has no model id for {request.model} {request.operation}")
 
+    limits = caps.get("gpt_image_15_prompt_chars")
+    if request.model == "gpt-image-1.5" and limits:
+        low, high = int(limits[0]), int(limits[1])
+        if not low <= len(request.prompt) <= high:
+            raise _Ineligible(
+                f"Runflow's gpt-image-1.5 takes prompts of {low} to {high:,} characters "
+                f"(this one has {len(request.prompt):,})"
+            )
+
     quality = request.quality
     if quality is None:
         quality = "high"

@@ -342,3 +342,17 @@ def test_15_edit_uses_the_generate_table() -> None:
     assert result.per_image_usd == Decimal("0.050")
     assert result.batches == (4, 2)
     assert result.total_usd == Decimal("0.300")
+
+
+def test_gpt_image_15_prompt_length_is_checked_before_any_call() -> None:
+    from imagerouter import ImageRequest
+    from imagerouter_runflow import RunflowProvider
+
+    provider = RunflowProvider()
+    kwargs = {"prices": provider.price_table(), "capabilities": provider.capabilities()}
+    short = ImageRequest.build(prompt="x", model="gpt-image-1.5", quality="low")
+    (offer,) = provider.offers(short, **kwargs)
+    assert not offer.eligible and "2 to 32,000 characters" in (offer.reason or "")
+    fine = ImageRequest.build(prompt="xy", model="gpt-image-1.5", quality="low")
+    assert provider.offers(fine, **kwargs)[0].eligible
+    assert provider.offers(ImageRequest.build(prompt="x"), **kwargs)[0].eligible  # gpt-image-2
