@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .clock import Clock, Sleep
-from .download import download_image, is_retryable
+from .collect import ImageSink, save_image
 from .errors import (
     AuthenticationError,
     DownloadFailedError,
@@ -49,7 +49,6 @@ log = logging.getLogger("imagerouter.execution")
 
 CREATE_REPLAYS = 3  # same-key replays of a create whose answer was lost
 RECONCILE_LOOKUPS = 2  # lookups by task id before a lost create counts as "not created"
-DOWNLOAD_ATTEMPTS = 8  # GETs are free: a flaky download gets many tries before we give up
 FATAL_POLL_ERRORS = 3  # consecutive 401/403/404 on a poll before the task is given up
 
 
@@ -404,51 +403,30 @@ async def _collect(
             provider=ctx.provider.name,
             task_id=task_id,
         )
+    sink = ImageSink(
+        http=ctx.http,  # type: ignore[arg-type]
+        output_dir=ctx.output_dir,
+        provider=ctx.provider.name,
+        max_bytes=ctx.max_bytes,
+        max_pixels=ctx.max_pixels,
+        headers=ctx.client.auth_headers(),
+        sleep=ctx.sleep,
+    )
     saved = []
     for position, url in enumerate(status.image_urls):
         number = ctx.image_offset + offset + position + 1
-        stem = f"{ctx.request_id}-{number}"
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.25, max=4),
-            retry=retry_if_exception(_download_may_recover),
-            sleep=ctx.sleep,
-            reraise=True,
+        image = await save_image(
+            sink,
+            ctx.ledger,
+            task_id=task_id,
+            index=position,
+            url=url,
+            stem=f"{ctx.request_id}-{number}",
+            convert_to=offer.convert_to,
+            url_expires_at=status.urls_expire_at,
         )
-        async for attempt in retrying:
-            with attempt:
-                image = await download_image(
-                    ctx.http,  # type: ignore[arg-type]
-                    url,
-                    ctx.output_dir,
-                    stem,
-                    provider=ctx.provider.name,
-                    max_bytes=ctx.max_bytes,
-                    max_pixels=ctx.max_pixels,
-                    convert_to=offer.convert_to,
-                    headers=ctx.client.auth_headers(),
-                    url_expires_at=status.urls_expire_at,
-                )
-        if ctx.ledger is not None:
-            ctx.ledger.image_saved(
-                task_id,
-                index=position,
-                path=str(image.path),
-                sha256=image.sha256,
-                source_url=url,
-                width=image.width,
-                height=image.height,
-                format=image.format,
-                size_bytes=image.size_bytes,
-                url_expires_at=status.urls_expire_at,
-            )
         saved.append(image)
     return saved
-
-
-def _download_may_recover(exc: BaseException) -> bool:
-    # A 404 right after a job finishes is often storage catching up, so it is retried too.
-    return isinstance(exc, DownloadFailedError) and (is_retryable(exc) or exc.status_code == 404)
 
 
 def _note(ctx: RunContext, index: int, tasks: int, state: str, started: float) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .download import download_image
+from .collect import ImageSink, save_image
 from .errors import ImageRouterError, ProviderError
 
 if TYPE_CHECKING:
@@ -69,34 +69,27 @@ async def _resume_one(router: Router, task: UncollectedTask) -> ResumeOutcome:
     if not status.state.produced_images:
         ledger.task_finished(task.task_id, state=status.state.value, error=status.error)
         return ResumeOutcome(task.task_id, task.provider, "failed", detail=status.error or "")
-    fmt = task.output_format
+    sink = ImageSink(
+        http=router.http(),
+        output_dir=Path(task.output_dir),
+        provider=task.provider,
+        max_bytes=router.config.downloads.max_bytes,
+        max_pixels=router.config.downloads.max_pixels,
+        headers=client.auth_headers(),
+        sleep=router.sleep,
+    )
     saved = []
     for index, url in enumerate(status.image_urls):
         if index in task.saved_indexes:
             continue
-        stem = f"{task.request_id}-{task.task_id.rsplit('-', 2)[-2]}-r{index + 1}"
-        image = await download_image(
-            router.http(),
-            url,
-            Path(task.output_dir),
-            stem,
-            provider=task.provider,
-            max_bytes=router.config.downloads.max_bytes,
-            max_pixels=router.config.downloads.max_pixels,
-            convert_to=fmt,
-            headers=client.auth_headers(),
-            url_expires_at=status.urls_expire_at,
-        )
-        ledger.image_saved(
-            task.task_id,
+        image = await save_image(
+            sink,
+            ledger,
+            task_id=task.task_id,
             index=index,
-            path=str(image.path),
-            sha256=image.sha256,
-            source_url=url,
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            size_bytes=image.size_bytes,
+            url=url,
+            stem=f"{task.task_id}-r{index + 1}",
+            convert_to=task.output_format,
             url_expires_at=status.urls_expire_at,
         )
         saved.append(str(image.path))

@@ -1,0 +1,92 @@
+"""Save one result image: download it (retrying what may recover), then record it in the
+ledger. Used by the router while a job runs and by `resume` after a crash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from .clock import Sleep
+from .download import download_image, is_retryable
+from .errors import DownloadFailedError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .ledger import Ledger
+    from .result import SavedImage
+
+__all__ = ["DOWNLOAD_ATTEMPTS", "ImageSink", "save_image"]
+
+DOWNLOAD_ATTEMPTS = 8  # GETs are free: a flaky download gets many tries before we give up
+
+
+@dataclass(frozen=True)
+class ImageSink:
+    """Where and how a provider's result images are saved."""
+
+    http: httpx.AsyncClient
+    output_dir: Path
+    provider: str
+    max_bytes: int
+    max_pixels: int
+    headers: Mapping[str, str]
+    sleep: Sleep
+
+
+def _may_recover(exc: BaseException) -> bool:
+    # A 404 right after a job finishes is often storage catching up, so it is retried too.
+    return isinstance(exc, DownloadFailedError) and (is_retryable(exc) or exc.status_code == 404)
+
+
+async def save_image(
+    sink: ImageSink,
+    ledger: Ledger | None,
+    *,
+    task_id: str,
+    index: int,
+    url: str,
+    stem: str,
+    convert_to: str | None,
+    url_expires_at: datetime | None,
+) -> SavedImage:
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.25, max=4),
+        retry=retry_if_exception(_may_recover),
+        sleep=sink.sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            image = await download_image(
+                sink.http,
+                url,
+                sink.output_dir,
+                stem,
+                provider=sink.provider,
+                max_bytes=sink.max_bytes,
+                max_pixels=sink.max_pixels,
+                convert_to=convert_to,
+                headers=sink.headers,
+                url_expires_at=url_expires_at,
+            )
+    if ledger is not None:
+        ledger.image_saved(
+            task_id,
+            index=index,
+            path=str(image.path),
+            sha256=image.sha256,
+            source_url=url,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            size_bytes=image.size_bytes,
+            url_expires_at=url_expires_at,
+        )
+    return image
