@@ -252,9 +252,12 @@ def _lost_answer(exc: BaseException) -> bool:
 
 
 async def _create(ctx: RunContext, offer: Offer, task: TaskSpec) -> Submission:
-    """Create a task once; after a lost answer, replay with the same key or reconcile."""
+    """Create a task once; after a lost answer, replay with the same key or reconcile.
+
+    Both are free and can never make a second job, so they run under `reconcile` and
+    `failover` alike; only `fail` stops at the first lost answer."""
     provider = ctx.provider
-    if ctx.on_unknown != "reconcile":
+    if ctx.on_unknown == "fail":
         return await ctx.client.submit(offer, task)
     if provider.idempotent_creates:
         retrying = AsyncRetrying(

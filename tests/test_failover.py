@@ -228,3 +228,23 @@ def test_rate_limited_only_backend_waits_for_retry_after(
     assert [a.error_type for a in result.attempts] == ["RateLimitedError", None]
     assert any(w >= 0.5 for w in waits)  # it waited out the 1 s Retry-After before retrying
     assert emulators.created() == {"runapi": 1, "runflow": 0}
+
+
+def test_failover_policy_still_replays_runapi_first(
+    make_router: MakeRouter, emulators: Emulators
+) -> None:
+    fault(emulators, "runapi", "create:seq=reset_after_send,ok")
+    router = make_router({"routing": {"on_unknown_submission": "failover"}})
+    result = router.generate("a red fox")
+    assert result.provider == "runapi"  # the replay settled it: no failover, no double charge
+    assert emulators.created() == {"runapi": 1, "runflow": 0}
+
+
+def test_fail_policy_stops_at_the_first_lost_answer(
+    make_router: MakeRouter, emulators: Emulators
+) -> None:
+    fault(emulators, "runapi", "create:seq=reset_after_send,ok")
+    router = make_router({"routing": {"on_unknown_submission": "fail"}})
+    with pytest.raises(SubmissionUnknownError):
+        router.generate("a red fox")
+    assert emulators.created() == {"runapi": 1, "runflow": 0}
