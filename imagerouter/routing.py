@@ -19,15 +19,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .accounting import record_attempt
 from .errors import NoEligibleOfferError, ProviderError
-from .events import AttemptEvent, ResultEvent
+from .events import ResultEvent
 from .execution import OfferOutcome, Progress, RunContext, run_offer
-from .failures import Verdict, classify, refusal_may_differ
-from .health import FailureKind
+from .failures import classify, refusal_may_differ
 from .result import AttemptRecord, GenerationResult, SavedImage
 
 if TYPE_CHECKING:
-    from .budget import Reservation
     from .offers import Offer
     from .provider import LoadedImage
     from .request import ImageRequest
@@ -253,135 +252,8 @@ async def _attempt(
     except Exception as exc:  # failures before any task (key, upload): nothing was created
         outcome.errors.append(exc)
     elapsed = router.clock() - started
-    _account(router, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no)
+    record_attempt(router, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no)
     return outcome
-
-
-def _account(
-    router: Router,
-    state: _State,
-    offer: Offer,
-    outcome: OfferOutcome,
-    reservation: Reservation | None,
-    elapsed: float,
-    attempt_id: str,
-    attempt_no: int,
-) -> None:
-    per_image = offer.per_image_usd or Decimal(0)
-    delivered = len(outcome.images)
-    verdicts = [classify(error) for error in outcome.errors]
-    possibly_billed = sum(
-        count
-        for error, verdict, count in _error_counts(offer, outcome, verdicts)
-        if verdict.possibly_billed or (isinstance(error, ProviderError) and _billed_anyway(error))
-    )
-    quoted_spend = per_image * (delivered + possibly_billed)
-    spend = (
-        quoted_spend
-        if outcome.billed_usd is None
-        else outcome.billed_usd + per_image * possibly_billed
-    )
-    if router.budget is not None and reservation is not None:
-        if spend > 0:
-            router.budget.settle(reservation, spend)
-        else:
-            router.budget.release(reservation)
-    state.images.extend(outcome.images)
-    state.remaining -= delivered
-    state.task_ids.extend(outcome.task_ids)
-    state.quoted += quoted_spend
-    if outcome.billed_usd is not None:
-        state.billed = (state.billed or Decimal(0)) + outcome.billed_usd
-    if delivered and state.served_by is None:
-        state.served_by = offer
-    # Health: a delivered task proves the backend works; otherwise the first error decides.
-    if delivered:
-        router.health.record_success(offer.backend, outcome.latency_s)
-    elif verdicts:
-        verdict = verdicts[0]
-        if verdict.health == FailureKind.REQUEST:
-            router.health.release(offer.backend)
-        else:
-            router.health.record_failure(
-                offer.backend, verdict.health, retry_after=verdict.retry_after
-            )
-    else:
-        router.health.release(offer.backend)
-    first_error = outcome.errors[0] if outcome.errors else None
-    accepted = verdicts[0].accepted if verdicts else "yes"
-    if delivered and outcome.errors:
-        accepted = "yes"
-    outcome_name = (
-        "served" if delivered and not outcome.errors else ("partial" if delivered else "failed")
-    )
-    record = AttemptRecord(
-        provider=offer.provider,
-        model=offer.model,
-        outcome=outcome_name,
-        accepted=accepted,
-        error=str(first_error) if first_error else None,
-        error_type=type(first_error).__name__ if first_error else None,
-        task_ids=tuple(outcome.task_ids),
-    )
-    state.attempts.append(record)
-    if first_error is not None:
-        state.last_error = first_error
-    if router.ledger is not None:
-        router.ledger.end_attempt(
-            attempt_id,
-            outcome=outcome_name,
-            accepted=accepted,
-            error_type=record.error_type,
-            error=record.error,
-            billed_usd=outcome.billed_usd,
-            elapsed_s=elapsed,
-        )
-    log.info(
-        "attempt request=%s n=%d provider=%s model=%s outcome=%s accepted=%s images=%d "
-        "elapsed=%.2fs error=%s",
-        state.request_id,
-        attempt_no,
-        offer.provider,
-        offer.model,
-        outcome_name,
-        accepted,
-        delivered,
-        elapsed,
-        record.error_type,
-    )
-    router.emit(
-        "on_attempt",
-        event=AttemptEvent(
-            request_id=state.request_id,
-            attempt=attempt_no,
-            provider=offer.provider,
-            model=offer.model,
-            operation=offer.operation,
-            outcome=outcome_name,
-            accepted=accepted,
-            error_type=record.error_type,
-            error=record.error,
-            task_ids=tuple(outcome.task_ids),
-            quoted_usd=quoted_spend,
-            billed_usd=outcome.billed_usd,
-            elapsed_s=elapsed,
-        ),
-    )
-
-
-def _error_counts(
-    offer: Offer, outcome: OfferOutcome, verdicts: list[Verdict]
-) -> list[tuple[BaseException, Verdict, int]]:
-    # Without per-task sizes on errors, assume each failed task had the offer's first batch
-    # size; that is exact for RunAPI (1 image a task) and an upper bound for Runflow.
-    size = offer.batches[0] if offer.batches else 1
-    return [(error, verdict, size) for error, verdict in zip(outcome.errors, verdicts, strict=True)]
-
-
-def _billed_anyway(error: ProviderError) -> bool:
-    from .errors import DownloadFailedError
-
-    return isinstance(error, DownloadFailedError)
 
 
 def _may_continue(router: Router, state: _State, offer: Offer, outcome: OfferOutcome) -> bool:
