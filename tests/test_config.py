@@ -94,7 +94,7 @@ def test_bad_model_in_a_block_style_variant() -> None:
         (
             "colour: blue\n",
             "c.yaml:1: colour: is not a known key; allowed: budget, default_tier, downloads, "
-            "health, ledger, output, providers, routing, tiers",
+            "gateway, health, ledger, output, providers, routing, tiers",
         ),
         (
             "routing:\n  strategy: cheapest\n  retries: 2\n",
@@ -116,7 +116,7 @@ def test_bad_model_in_a_block_style_variant() -> None:
         (
             "source: mine.yaml\n",
             "c.yaml:1: source: is not a known key; allowed: budget, default_tier, downloads, "
-            "health, ledger, output, providers, routing, tiers",
+            "gateway, health, ledger, output, providers, routing, tiers",
         ),
     ],
 )

@@ -8,7 +8,7 @@ import os
 import click
 
 from .. import __version__
-from . import config_cmds, ledger_cmds, quote_cmds, run_cmds
+from . import config_cmds, ledger_cmds, quote_cmds, run_cmds, serve_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,7 @@ def cli(verbose: int) -> None:
         install()
 
 
-for module in (quote_cmds, run_cmds, ledger_cmds, config_cmds):
+for module in (quote_cmds, run_cmds, ledger_cmds, config_cmds, serve_cmd):
     for command in module.COMMANDS:
         cli.add_command(command)
 

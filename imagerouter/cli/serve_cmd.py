@@ -1,0 +1,85 @@
+"""`imagerouter serve`: the OpenAI-compatible gateway (docs/gateway.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import uvicorn
+
+from ..config import Config
+from ..emulated import Emulators
+from ..gateway import create_app
+from ..gateway.auth import is_loopback
+from ..plugins import Plugins
+from .common import config_option, handle_errors, load, parse_faults
+
+__all__ = ["COMMANDS", "binding_problem", "serve"]
+
+
+def binding_problem(host: str, config: Config) -> str | None:
+    """Why the gateway must not listen on `host` with this config, or None."""
+    if config.gateway.api_keys or is_loopback(host):
+        return None
+    return (
+        f"refusing to listen on {host} without gateway keys: anyone who can reach it could "
+        "spend your budget. Set gateway.api_keys in the config (e.g. api_keys: "
+        "[\"${IMAGEROUTER_GATEWAY_KEY}\"]) or listen on 127.0.0.1."
+    )
+
+
+@click.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on.")
+@click.option("--emulate", is_flag=True,
+              help="Route to the providers' emulators on loopback (no keys, no charge).")
+@click.option("--faults", multiple=True,
+              help="With --emulate: PROVIDER=SPEC fault injection, e.g. runapi=create:503@0.5.")
+@handle_errors
+def serve(
+    config_path: Path | None, host: str, port: int, emulate: bool, faults: tuple[str, ...]
+) -> None:
+    """Serve OpenAI's images API (/v1/images/generations, /v1/images/edits, ...) routed
+    through imagerouter."""
+    loaded = load(config_path)
+    problem = binding_problem(host, loaded.config)
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+    if faults and not emulate:
+        raise click.UsageError("--faults works only with --emulate")
+    if not loaded.config.gateway.api_keys:
+        click.echo(
+            f"warning: no gateway.api_keys configured: no authentication; listening on "
+            f"{host} (loopback) only",
+            err=True,
+        )
+    if not emulate:
+        _run(loaded.config, loaded.plugins, host, port, emulated=False)
+        return
+    with Emulators.start(
+        loaded.plugins, latency="uniform:0.2,0.6", faults=parse_faults(faults)
+    ) as emulators:
+        _run(emulators.configure(loaded.config), loaded.plugins, host, port, emulated=True)
+
+
+def _run(config: Config, plugins: Plugins, host: str, port: int, *, emulated: bool) -> None:
+    app = create_app(config, plugins=plugins)
+    router = app.state.gateway.router  # build it now: a config problem shows before binding
+    shown = f"[{host}]" if ":" in host else host
+    providers = ", ".join(sorted(router.catalog.entries)) or "none"
+    click.echo(
+        f"imagerouter gateway on http://{shown}:{port}/v1 (providers: {providers}"
+        f"{', emulated' if emulated else ''}); point OPENAI_BASE_URL at it",
+        err=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info")
+    )
+    server.run()
+
+
+COMMANDS = [serve]

@@ -1,0 +1,243 @@
+"""The gateway's job store: every images call runs as a job, synchronous ones included.
+
+A job is an asyncio task the HTTP request merely waits for, so a client that disconnects
+does not cancel the paid work: the job finishes, its images reach disk and the ledger, and
+`GET /v1/images/jobs/{id}` shows it. Jobs live in memory (bounded; the oldest finished ones
+are forgotten first); the ledger is the durable record, and each job carries the ledger's
+request id as soon as the router reports it.
+
+The router reports through its `on_attempt` / `on_result` hooks, which run inside the job's
+task; a context variable tells the hook which job the event belongs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..hookspecs import hookimpl
+from ..pricing import quantize
+from .errors import ApiError, api_error_from
+
+if TYPE_CHECKING:
+    from ..events import AttemptEvent, ResultEvent
+    from ..execution import Progress
+    from ..plugins import Plugins
+    from ..result import GenerationResult
+    from .openai_shapes import ImageCall, ResponseFormat
+
+__all__ = ["CURRENT_JOB", "Job", "JobStatus", "JobStore", "install_event_relay"]
+
+log = logging.getLogger("imagerouter.gateway")
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+EventSink = Callable[["AttemptEvent | ResultEvent"], None]
+
+CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
+    "imagerouter_gateway_job", default=None
+)
+_RELAY_NAME = "imagerouter-gateway-job-events"
+
+
+@dataclass
+class Job:
+    """One images call and, once it ends, its result or error."""
+
+    id: str
+    operation: str
+    requested_model: str | None
+    response_format: ResponseFormat
+    user: str | None
+    created: float
+    call: ImageCall | None = field(default=None, repr=False)  # dropped when done (input bytes)
+    status: JobStatus = "queued"
+    request_id: str | None = None
+    progress: Progress | None = None
+    result: GenerationResult | None = None
+    error: ApiError | None = None
+    file_ids: list[str] = field(default_factory=list)
+    completed: float | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    sink: EventSink | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    def note_progress(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def note_event(self, event: AttemptEvent | ResultEvent) -> None:
+        self.request_id = self.request_id or event.request_id
+        if self.sink is not None:
+            self.sink(event)
+
+    def summary(self) -> dict[str, Any]:
+        """The job without its images (they are added by the responder)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "image.job",
+            "status": self.status,
+            "operation": self.operation,
+            "model": self.requested_model,
+            "created": int(self.created),
+            "completed_at": None if self.completed is None else int(self.completed),
+            "request_id": self.request_id,
+            "user": self.user,
+        }
+        if self.progress is not None and not self.done:
+            p = self.progress
+            out["progress"] = {"provider": p.provider, "task": p.task, "tasks": p.tasks,
+                               "state": p.state, "elapsed_s": round(p.elapsed_s, 3)}
+        if self.result is not None:
+            r = self.result
+            out.update(
+                provider=r.provider,
+                served_model=r.model,
+                cost_usd=str(quantize(r.cost_usd)),
+                billed_usd=None if r.billed_usd is None else str(quantize(r.billed_usd)),
+                images=len(r.images),
+            )
+        if self.error is not None:
+            out["error"] = self.error.body()["error"]
+            out["status_code"] = self.error.status
+        return out
+
+
+Runner = Callable[[Job], Awaitable["GenerationResult"]]
+Finisher = Callable[[Job], None]
+
+
+class JobStore:
+    """Jobs by id, each running in its own task until it ends."""
+
+    def __init__(
+        self, *, max_jobs: int = 10_000, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.max_jobs = max_jobs
+        self.clock = clock
+        self._jobs: dict[str, Job] = {}
+
+    def start(
+        self,
+        call: ImageCall,
+        runner: Runner,
+        *,
+        on_done: Finisher | None = None,
+        sink: EventSink | None = None,
+    ) -> Job:
+        """Create a job and start running it now, on the running event loop."""
+        job = Job(
+            id=f"imgjob_{secrets.token_hex(12)}",
+            operation=call.operation,
+            requested_model=call.requested_model,
+            response_format=call.response_format,
+            user=call.user,
+            created=self.clock(),
+            call=call,
+            sink=sink,
+        )
+        self._jobs[job.id] = job
+        self._evict()
+        job.task = asyncio.get_running_loop().create_task(
+            self._supervise(job, runner, on_done), name=job.id
+        )
+        return job
+
+    async def _supervise(self, job: Job, runner: Runner, on_done: Finisher | None) -> None:
+        token = CURRENT_JOB.set(job)
+        job.status = "running"
+        try:
+            job.result = await runner(job)
+            job.status = "succeeded"
+        except asyncio.CancelledError:
+            job.error = ApiError(
+                503,
+                "the gateway stopped before this job finished; the ledger keeps it "
+                "(`imagerouter resume` collects paid images)",
+                type="server_error",
+                code="gateway_stopped",
+            )
+            job.status = "failed"
+            raise
+        except Exception as exc:
+            job.error = api_error_from(exc, request_id=job.request_id)
+            job.status = "failed"
+            if job.error.status >= 500:
+                log.warning("job %s failed: %s", job.id, job.error.message)
+        finally:
+            CURRENT_JOB.reset(token)
+            job.completed = self.clock()
+            job.call = None
+            if on_done is not None:
+                try:
+                    on_done(job)
+                except Exception:
+                    log.exception("finishing job %s failed", job.id)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def recent(self, limit: int) -> list[Job]:
+        jobs = list(self._jobs.values())
+        return jobs[::-1][:limit]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
+        for job in self._jobs.values():
+            counts[job.status] += 1
+        return counts
+
+    def running(self) -> list[asyncio.Task[None]]:
+        return [job.task for job in self._jobs.values() if job.task and not job.task.done()]
+
+    async def drain(self, seconds: float) -> None:
+        """Give running jobs `seconds` to finish, then cancel the rest (the ledger keeps
+        what they were doing)."""
+        tasks = self.running()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    def _evict(self) -> None:
+        excess = len(self._jobs) - self.max_jobs
+        if excess <= 0:
+            return
+        for job_id in [job.id for job in self._jobs.values() if job.done][:excess]:
+            del self._jobs[job_id]
+
+
+class _JobEventRelay:
+    """Forwards the router's events to the job whose task emitted them."""
+
+    @hookimpl
+    def on_attempt(self, event: AttemptEvent) -> None:
+        job = CURRENT_JOB.get()
+        if job is not None:
+            job.note_event(event)
+
+    @hookimpl
+    def on_result(self, event: ResultEvent) -> None:
+        job = CURRENT_JOB.get()
+        if job is not None:
+            job.note_event(event)
+
+
+_RELAY = _JobEventRelay()
+
+
+def install_event_relay(plugins: Plugins) -> None:
+    """Register the relay once per plugin manager (it only acts inside gateway jobs).
+    Registered on the manager directly, so the provider cache is left alone."""
+    if plugins.manager.get_plugin(_RELAY_NAME) is None:
+        plugins.manager.register(_RELAY, name=_RELAY_NAME)

@@ -1,0 +1,124 @@
+"""The images endpoints: OpenAI's synchronous calls, the async jobs API and served files."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from .bodies import is_multipart, read_edit_form, read_json_object
+from .errors import bad_request, error_response, not_found
+from .openai_shapes import ImageCall, ResponseFormat, parse_image_call
+
+if TYPE_CHECKING:
+    from .jobs import Job
+    from .service import Gateway
+
+__all__ = [
+    "create_job",
+    "edits",
+    "gateway_of",
+    "generations",
+    "get_file",
+    "get_job",
+    "list_jobs",
+]
+
+_MAX_LIST = 100
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def _generation_call(
+    request: Request, gateway: Gateway, default_format: ResponseFormat
+) -> ImageCall:
+    values = await read_json_object(request, gateway.settings.max_body_bytes)
+    return parse_image_call(values, operation="generate", config=gateway.config,
+                            response_format_default=default_format)
+
+
+async def _edit_call(
+    request: Request, gateway: Gateway, default_format: ResponseFormat
+) -> ImageCall:
+    form = await read_edit_form(request, body_limit=gateway.settings.max_body_bytes,
+                                upload_limit=gateway.settings.max_upload_bytes)
+    return parse_image_call(form.values, operation="edit", config=gateway.config,
+                            response_format_default=default_format,
+                            images=form.images, mask=form.mask)
+
+
+async def generations(request: Request) -> Response:
+    """POST /v1/images/generations"""
+    gateway = gateway_of(request)
+    call = await _generation_call(request, gateway, gateway.settings.response_format_default)
+    return await _answer(request, gateway, gateway.submit(call))
+
+
+async def edits(request: Request) -> Response:
+    """POST /v1/images/edits (multipart)"""
+    gateway = gateway_of(request)
+    call = await _edit_call(request, gateway, gateway.settings.response_format_default)
+    return await _answer(request, gateway, gateway.submit(call))
+
+
+async def _answer(request: Request, gateway: Gateway, job: Job) -> Response:
+    await gateway.wait(job)
+    headers = gateway.job_headers(job)
+    if job.error is not None:
+        return error_response(job.error, headers)
+    body = await gateway.images_body(job, job.response_format, str(request.base_url))
+    return JSONResponse(body, headers=headers)
+
+
+async def create_job(request: Request) -> Response:
+    """POST /v1/images/jobs: JSON is a generation, multipart an edit. 202 at once.
+    Jobs answer with URLs unless `response_format: b64_json` is asked for."""
+    gateway = gateway_of(request)
+    if is_multipart(request):
+        call = await _edit_call(request, gateway, "url")
+    else:
+        call = await _generation_call(request, gateway, "url")
+    job = gateway.submit(call)
+    return JSONResponse(
+        job.summary(),
+        status_code=202,
+        headers={**gateway.job_headers(job), "location": f"/v1/images/jobs/{job.id}"},
+    )
+
+
+async def get_job(request: Request) -> Response:
+    """GET /v1/images/jobs/{id}: status, and the images once it succeeded."""
+    gateway = gateway_of(request)
+    job = gateway.jobs.get(request.path_params["job_id"])
+    if job is None:
+        raise not_found("No such job (jobs are kept in memory while the gateway runs; the "
+                        "ledger has every request).")
+    body = job.summary()
+    if job.status == "succeeded":
+        body["result"] = await gateway.images_body(job, job.response_format,
+                                                   str(request.base_url))
+    return JSONResponse(body, headers=gateway.job_headers(job))
+
+
+async def list_jobs(request: Request) -> Response:
+    """GET /v1/images/jobs?limit=N: the newest jobs first, without images."""
+    gateway = gateway_of(request)
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_LIST:
+        raise bad_request(f"limit must be a whole number from 1 to {_MAX_LIST}", param="limit")
+    jobs = gateway.jobs.recent(int(raw))
+    return JSONResponse({"object": "list", "data": [job.summary() for job in jobs]})
+
+
+async def get_file(request: Request) -> Response:
+    """GET /v1/files/{id} and /v1/files/{id}/content: the image bytes."""
+    gateway = gateway_of(request)
+    stored = gateway.files.get(request.path_params["file_id"])
+    if stored is None:
+        raise not_found("No such file.")
+    return FileResponse(stored.path, media_type=stored.media_type, filename=stored.filename,
+                        content_disposition_type="inline")

@@ -1,0 +1,176 @@
+"""The gateway's state: config, the Router, jobs, served files, metrics, replay guard.
+
+One `Gateway` per app. The Router is built on first use unless one is handed in: building it
+touches no event loop (its HTTP client is bound to the running loop when first used), so it
+works the same whether first used by a request or by `serve` checking the config early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NoEligibleOfferError
+from ..pricing import quantize
+from ..redact import default_redactor
+from ..router import Router
+from .auth import KeyCheck
+from .callbacks import ReplayGuard
+from .errors import ApiError
+from .files import FileStore
+from .jobs import Job, JobStore, install_event_relay
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..config import Config, GatewaySettings
+    from ..plugins import Plugins
+    from ..result import GenerationResult
+    from .openai_shapes import ImageCall, ResponseFormat
+
+__all__ = ["DRAIN_SECONDS", "Gateway"]
+
+log = logging.getLogger("imagerouter.gateway")
+
+DRAIN_SECONDS = 10.0  # at shutdown, running jobs get this long before they are cancelled
+
+
+class Gateway:
+    """Everything the routes share."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugins: Plugins | None = None,
+        router: Router | None = None,
+    ) -> None:
+        self.config = config
+        self.settings: GatewaySettings = config.gateway
+        self._plugins = plugins
+        self._router = router
+        self._owns_router = router is None
+        self.auth = KeyCheck(self.settings.api_keys)
+        self.jobs = JobStore()
+        self.files = FileStore()
+        self.metrics = Metrics()
+        self.replays = ReplayGuard()
+        self.output_dir = Path(self.settings.output_dir or config.output.dir)
+        # Gateway keys and callback secrets join the provider keys in the log redactor.
+        redactor = default_redactor()
+        for secret in (*self.settings.api_keys, self.settings.runflow_callback_secret,
+                       self.settings.runapi_callback_secret):
+            redactor.add(secret)
+        if router is not None:
+            install_event_relay(router.plugins)
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            router = Router(
+                self.config,
+                plugins=self._plugins,
+                callback_base_url=self.settings.public_base_url,
+            )
+            install_event_relay(router.plugins)
+            self._router = router
+        return self._router
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def submit(self, call: ImageCall) -> Job:
+        """Check the call (400s come now, not from a job), then start it as a job."""
+        request = call.build_request()
+        offers = self.router.quote_request(request)
+        if not any(offer.eligible for offer in offers):
+            raise NoEligibleOfferError("no backend can serve this request:", offers)
+        return self.jobs.start(call, self._run, on_done=self._finished, sink=self.metrics.event)
+
+    async def _run(self, job: Job) -> GenerationResult:
+        call = job.call
+        assert call is not None
+        options: dict[str, Any] = {
+            **call.router_kwargs(),
+            "output_dir": self.output_dir,
+            "progress": job.note_progress,
+        }
+        log.info("job %s: %s model=%s user=%s", job.id, call.operation, call.requested_model,
+                 call.user)
+        if call.operation == "edit":
+            return await self.router.aedit(call.prompt, images=list(call.images), **options)
+        return await self.router.agenerate(call.prompt, **options)
+
+    def _finished(self, job: Job) -> None:
+        if job.result is None:
+            return
+        for image in job.result.images:
+            job.file_ids.append(self.files.add(image.path, image.format, job_id=job.id).id)
+
+    async def wait(self, job: Job) -> None:
+        """Wait for a job without ever cancelling it (a client that goes away, or a
+        cancelled handler, leaves the job running)."""
+        assert job.task is not None
+        await asyncio.wait({job.task})
+
+    # -- answers --------------------------------------------------------------------------
+
+    async def images_body(
+        self, job: Job, response_format: ResponseFormat, base_url: str
+    ) -> dict[str, Any]:
+        """OpenAI's ImagesResponse for a finished job. `usage` is left out: token counts
+        are not known to the providers we route to."""
+        result = job.result
+        assert result is not None
+        data: list[dict[str, Any]] = []
+        for image, file_id in zip(result.images, job.file_ids, strict=True):
+            if response_format == "url":
+                data.append({"url": f"{self.public_base(base_url)}/v1/files/{file_id}"})
+            else:
+                data.append({"b64_json": await asyncio.to_thread(_b64, image.path)})
+        body: dict[str, Any] = {"created": int(job.created), "data": data}
+        if result.images:
+            first = result.images[0]
+            body["output_format"] = first.format
+            body["size"] = f"{first.width}x{first.height}"
+        return body
+
+    def public_base(self, request_base: str) -> str:
+        return (self.settings.public_base_url or request_base).rstrip("/")
+
+    @staticmethod
+    def job_headers(job: Job) -> dict[str, str]:
+        headers = {"x-imagerouter-job-id": job.id}
+        if job.request_id:
+            headers["x-imagerouter-request-id"] = job.request_id
+        result = job.result
+        if result is not None:
+            headers["x-imagerouter-provider"] = result.provider
+            headers["x-imagerouter-model"] = result.model
+            headers["x-imagerouter-cost-usd"] = str(quantize(result.cost_usd))
+            if result.billed_usd is not None:
+                headers["x-imagerouter-billed-usd"] = str(quantize(result.billed_usd))
+        return headers
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def aclose(self, *, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """At shutdown, on the serving loop: let running jobs finish, then close."""
+        await self.jobs.drain(drain_seconds)
+        if self._router is not None and self._owns_router:
+            await self._router.aclose()
+
+    def close(self) -> None:
+        """Release the Router this gateway built, once its serving loop has stopped (an app
+        served without lifespan, as in tests)."""
+        if self._router is not None and self._owns_router:
+            self._router.close()
+
+
+def _b64(path: Path) -> str:
+    try:
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError as exc:
+        raise ApiError(500, f"a saved image cannot be read: {exc.strerror}",
+                       type="server_error", code="image_unreadable") from None
