@@ -169,7 +169,7 @@ class _Builder:
 
 
 # Values of these keys are never echoed in a message.
-_SECRET_KEYS = {"api_key"}
+_SECRET_KEYS = {"api_key", "api_keys", "runflow_callback_secret", "runapi_callback_secret"}
 _NUMBER_ERRORS = {"float_parsing", "float_type", "decimal_parsing", "decimal_type",
                   "finite_number", "decimal_max_digits", "decimal_max_places"}
 _WHOLE_ERRORS = {"int_parsing", "int_type", "int_from_float"}
@@ -244,7 +244,8 @@ _UnionType = type(int | None)
 def _plain(error: Any, path: str, allowed: list[str]) -> str:
     kind = str(error["type"])
     ctx = error.get("ctx") or {}
-    secret = path.rsplit(".", 1)[-1] in _SECRET_KEYS
+    # "gateway.api_keys[2]" is as secret as "gateway.api_keys".
+    secret = path.rsplit(".", 1)[-1].split("[", 1)[0] in _SECRET_KEYS
     given = "" if secret else f", not {_describe(error.get('input'))}"
     if kind == "missing":
         return "is required"

@@ -642,3 +642,20 @@ def test_yaml_examples_in_the_docs_load(doc: str) -> None:
     assert blocks
     for block in blocks:
         load_config(write("doc.yaml", block), known_providers=KNOWN)
+
+
+def test_secret_values_are_never_echoed_in_errors() -> None:
+    from imagerouter.config import load_config
+    from imagerouter.errors import ConfigError
+
+    for data in (
+        {"gateway": {"api_keys": [{"nested": "sk-live-SECRET123"}]}},
+        {"gateway": {"runflow_callback_secret": ["whsec_SECRET123"]}},
+        {"providers": {"runapi": {"api_key": ["sk-live-SECRET123"]}}},
+    ):
+        try:
+            load_config(data)
+        except ConfigError as exc:
+            assert "SECRET123" not in str(exc), str(exc)
+        else:
+            raise AssertionError(f"{data} should not load")
