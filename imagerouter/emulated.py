@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Emulators"]
 
+EMULATED_POLL_INTERVAL = 0.2
+
 
 @dataclass
 class Emulators:
@@ -90,13 +92,16 @@ class Emulators:
         providers = dict(config.providers)
         for name, server in self.servers.items():
             current = config.provider_settings(name)
-            providers[name] = current.model_copy(
-                update={
-                    "base_url": server.url,
-                    "api_key": SecretStr(self.keys[name]),
-                    "api_key_env": None,
-                }
-            )
+            update: dict[str, Any] = {
+                "base_url": server.url,
+                "api_key": SecretStr(self.keys[name]),
+                "api_key_env": None,
+            }
+            if "poll_interval" not in current.model_fields_set:
+                # Emulated jobs take well under a second; the adaptive schedule's prior is
+                # the real providers' (seconds to a minute).
+                update["poll_interval"] = EMULATED_POLL_INTERVAL
+            providers[name] = current.model_copy(update=update)
         return config.model_copy(update={"providers": providers})
 
     def created(self) -> dict[str, int]:

@@ -130,6 +130,12 @@ class HealthTracker:
 
         return [min(candidates, key=staleness)]
 
+    def latency(self, key: BackendKey) -> float | None:
+        """The backend's smoothed latency in seconds (None before any success). Cheap: the
+        router asks for it while ranking offers."""
+        record = self.store.get(key)
+        return None if record is None else record.ewma_latency_s
+
     def stats(self, key: BackendKey) -> BackendStats:
         return self._stats(key, self._load(key), self._clock())
 

@@ -15,7 +15,7 @@ import copy
 import math
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -196,8 +196,9 @@ class BackendHealth:
         del self.latencies[:-MAX_LATENCIES]
 
     def copy(self) -> BackendHealth:
-        """A deep copy, so callers never share mutable lists with a store."""
-        return copy.deepcopy(self)
+        """A copy that shares no mutable list or dict with the store (cheaper than deepcopy,
+        which every health read and write would pay)."""
+        return replace(self, latencies=list(self.latencies), reasons=dict(self.reasons))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe plain data."""

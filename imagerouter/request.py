@@ -248,7 +248,8 @@ class ImageRequest(BaseModel):
         variant's `resolution` keeps the request's aspect ratio (a request `WxH` becomes its
         ratio); a variant's `aspect_ratio` replaces the request's ratio or `WxH`.
         """
-        data = self.model_dump(exclude_none=True)
+        # Field values as they are (model_dump would turn input images into dicts).
+        data = {name: value for name, value in self if value is not None}
         fields = {k: v for k, v in fields.items() if v is not None}
         if "size" in fields:
             data.pop("aspect_ratio", None)

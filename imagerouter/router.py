@@ -32,13 +32,14 @@ from .inputs import load_input
 from .ledger import Ledger
 from .paths import default_ledger_path
 from .plugins import Plugins
-from .polling import FixedSchedule, PollSchedule
+from .polling import AdaptiveSchedules, FixedSchedule, PollSchedule
 from .provider import FreeCheck
 from .quoting import Catalog, quote
 from .redact import default_redactor
 from .request import ImageInput, ImageRequest
 from .resume import ResumeOutcome, resume_uncollected
 from .routing import route_request
+from .transport import LimitedTransport
 
 if TYPE_CHECKING:
     from .execution import Progress
@@ -53,6 +54,7 @@ log = logging.getLogger("imagerouter")
 _T = TypeVar("_T")
 
 MAX_INPUT_BYTES = 50 * 1024 * 1024
+HTTP_CONCURRENCY = 64  # requests in flight at once; more wait their turn (see transport.py)
 
 
 class Router:
@@ -86,6 +88,10 @@ class Router:
             if api_key is not None:
                 self.redactor.add(api_key.get_secret_value())
         self.ledger = self._open_ledger(ledger)
+        # Poll schedules learned per backend from the ledger's job durations (polling.py).
+        self._adaptive = AdaptiveSchedules(
+            self.ledger.latencies if self.ledger is not None else None, clock=clock
+        )
         self.budget = self._make_budget()
         self.health = health or HealthTracker(
             HealthPolicy.from_mapping(self.config.health.model_dump()),
@@ -154,10 +160,9 @@ class Router:
         loop = asyncio.get_running_loop()
         if self._http is None or self._http_loop is not loop:
             self._http = httpx.AsyncClient(
-                transport=self._transport,
+                transport=self._transport or LimitedTransport(HTTP_CONCURRENCY),
                 follow_redirects=False,
                 timeout=httpx.Timeout(60.0, connect=10.0),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             )
             self._http_loop = loop
             self._clients = {}
@@ -176,7 +181,10 @@ class Router:
         if self._schedule is not None:
             return self._schedule(offer)
         settings = self.config.provider_settings(offer.provider)
-        return FixedSchedule(interval=settings.poll_interval)
+        if "poll_interval" in settings.model_fields_set:
+            # An interval the user configured is kept as it is.
+            return FixedSchedule(interval=settings.poll_interval)
+        return self._adaptive.for_backend(offer.provider, offer.model, offer.operation)
 
     def callback_url(self, provider: str) -> str | None:
         if self.callback_base_url is None:
@@ -206,7 +214,7 @@ class Router:
         return quote(self.catalog, request, self.config, latency_of=self._latency_of)
 
     def _latency_of(self, key: tuple[str, str, str]) -> float | None:
-        return self.health.stats(key).ewma_latency_s
+        return self.health.latency(key)
 
     # -- generation ----------------------------------------------------------------------
 

@@ -81,3 +81,16 @@ def test_default_tiers_quote_on_both_providers() -> None:
         eligible = {o.provider for o in offers if o.eligible}
         assert eligible == {"runapi", "runflow"}, (tier, [(o.provider, o.reason) for o in offers])
         assert all(o.tier == tier for o in offers)
+
+
+def test_memoized_quotes_match_fresh_ones_for_new_prompts() -> None:
+    plugins = Plugins.load()
+    config = load_config(None, known_providers=plugins.providers())
+    router = Router(config, plugins=plugins, ledger=False)
+    for tier in (None, "draft", "standard", "premium"):
+        router.quote("a cat", tier=tier)
+        again = router.quote("a dog", tier=tier)
+        fresh = Router(config, plugins=plugins, ledger=False).quote("a dog", tier=tier)
+        assert [o.to_dict() for o in again] == [o.to_dict() for o in fresh]
+        assert [o.request for o in again] == [o.request for o in fresh]
+        assert all(o.request is not None and o.request.prompt == "a dog" for o in again)

@@ -97,3 +97,10 @@ def test_geometry_helpers() -> None:
     assert pixels_for(Ratio(1, 1), "1k") == (1024, 1024)
     assert nearest_ratio(1000, 560, ["16:9", "4:3"]) == "16:9"
     assert nearest_ratio(1000, 700, ["16:9", "1:1"]) is None
+
+
+def test_tier_overrides_keep_edit_inputs() -> None:
+    request = ImageRequest.build(prompt="edit", images=[b"\x89PNG..."], mask=b"\x89PNG.")
+    changed = request.with_overrides(quality="low", model="gpt-image-1.5")
+    assert changed.images == request.images and changed.mask == request.mask
+    assert changed.operation == "edit" and changed.quality == "low"

@@ -208,3 +208,9 @@ async def test_a_callback_nudge_makes_the_router_poll_now(
     assert result.provider == "runapi"
     assert not router.waiters
     await router.aclose()
+
+
+def test_edit_within_a_tier(make_router: MakeRouter, input_png: Path) -> None:
+    router = make_router()
+    result = router.edit("make it blue", images=[input_png], tier="draft")
+    assert result.operation == "edit" and result.tier == "draft"
