@@ -222,27 +222,19 @@ async def _run_task(
             )
         raise
     latency = ctx.clock() - started
-    try:
-        images = await _collect(ctx, offer, task_id, status, offset)
-    except DownloadFailedError:
-        if ctx.ledger is not None:
-            ctx.ledger.task_finished(
-                task_id,
-                state=status.state.value,
-                billed_usd=status.billed_usd,
-                image_urls=status.image_urls,
-                urls_expire_at=status.urls_expire_at,
-                error="download failed",
-            )
-        raise
     if ctx.ledger is not None:
+        # Done at the provider: record when, and where the images are, before downloading,
+        # so a crash during the download leaves `resume` everything it needs.
         ctx.ledger.task_finished(
             task_id,
-            state="collected",
+            state=status.state.value,
             billed_usd=status.billed_usd,
             image_urls=status.image_urls,
             urls_expire_at=status.urls_expire_at,
         )
+    images = await _collect(ctx, offer, task_id, status, offset)
+    if ctx.ledger is not None:
+        ctx.ledger.task_finished(task_id, state="collected")
     billed = status.billed_usd if status.billed_usd is not None else submission.billed_usd
     return TaskOutcome(submission.task_id, images, billed, latency)
 

@@ -242,7 +242,9 @@ class Ledger:
             "UPDATE tasks SET state = ?, billed_usd = COALESCE(?, billed_usd),"
             " error = COALESCE(?, error), image_urls_json = COALESCE(?, image_urls_json),"
             " urls_expire_at = COALESCE(?, urls_expire_at), possibly_billed = ?,"
-            " finished_at = ?, updated_at = ? WHERE id = ?",
+            # The first finish is when the job was seen done; later calls (collected after
+            # the download, or by resume) keep it, so latencies() measures the job itself.
+            " finished_at = COALESCE(finished_at, ?), updated_at = ? WHERE id = ?",
             (state, money_text(billed_usd), error, urls,
              iso(urls_expire_at) if urls_expire_at else None, int(possibly_billed), now, now,
              task_id),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -201,6 +201,12 @@ class Provider(ABC):
     ) -> list[Offer]:
         """Every way this provider could serve `request` (eligible or not, with reasons).
         Pure: no I/O. Usually one offer."""
+
+    def prompt_key(self, prompt: str, capabilities: Mapping[str, Any]) -> Hashable:
+        """What `offers()` reads of the prompt (None: nothing). The router reuses a quote for
+        every request of the same shape and the same prompt keys, so a provider whose offers
+        depend on the prompt (a length limit, say) must return that dependency here."""
+        return None
 
     @abstractmethod
     def client(self, settings: ProviderSettings, http: httpx.AsyncClient) -> ProviderClient:

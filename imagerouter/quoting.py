@@ -7,10 +7,10 @@ limits rule out, and ranks them: eligible first, then by the routing strategy, t
 deterministic tie-break, so the same request always ranks the same way.
 
 Quoting is on every request's path (and is repeated on each failover), so the offers for a
-request *shape* (every field but the prompt) are memoized per Catalog and config: providers'
-`offers()` are pure and do not read the prompt (a provider that does sets
-`offers_use_prompt = True` and its shapes include the prompt). Only the ranking, which reads
-live health data, runs every time. benchmarks/bench_route_decision.py measures it.
+request *shape* are memoized per Catalog and config: every field but the prompt, plus each
+provider's `prompt_key(prompt)` (what of the prompt its pure `offers()` depends on, e.g.
+whether its length is allowed). Only the ranking, which reads live health data, runs every
+time. benchmarks/bench_route_decision.py measures it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class _Memo:
     def __init__(self) -> None:
         self.config: Config | None = None
         self.quotes: dict[tuple[Any, ...], _Quoted] = {}
-        self.prompt_free = True  # False once a provider says its offers read the prompt
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def quote(
         offers, _ = _quote_offers(catalog, request, config, tier_name)
         return rank(offers, strategy, latency_of=latency_of)
     memo = _memo(catalog, config)
-    key = _shape(request, memo.prompt_free)
+    key = _shape(catalog, request)
     quoted = memo.quotes.get(key)
     if quoted is None:
         quoted = _quote_shape(catalog, request, config, tier_name)
@@ -143,10 +142,6 @@ def _memo(catalog: Catalog, config: Config) -> _Memo:
     if memo.config is not config:  # a Router's config is frozen; a new one starts afresh
         memo.config = config
         memo.quotes = {}
-        memo.prompt_free = not any(
-            getattr(entry.provider, "offers_use_prompt", False)
-            for entry in catalog.entries.values()
-        )
     return memo
 
 
@@ -164,11 +159,15 @@ def _quote_shape(
     return _Quoted(request, tuple(offers), order, ties, clean)
 
 
-def _shape(request: ImageRequest, prompt_free: bool) -> tuple[Any, ...]:
-    """Every field but the prompt, in field order (the prompt too if a provider reads it)."""
-    if not prompt_free:
-        return tuple(request.__dict__.values())
-    return tuple(value for name, value in request.__dict__.items() if name != "prompt")
+def _shape(catalog: Catalog, request: ImageRequest) -> tuple[Any, ...]:
+    """Every field but the prompt, in field order, then what each provider reads of it."""
+    fields = tuple(value for name, value in request.__dict__.items() if name != "prompt")
+    prompt = request.prompt
+    keys = tuple(
+        entry.provider.prompt_key(prompt, entry.capabilities)
+        for entry in catalog.entries.values()
+    )
+    return (*fields, keys)
 
 
 def _with_prompt(

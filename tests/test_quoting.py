@@ -94,3 +94,17 @@ def test_memoized_quotes_match_fresh_ones_for_new_prompts() -> None:
         assert [o.to_dict() for o in again] == [o.to_dict() for o in fresh]
         assert [o.request for o in again] == [o.request for o in fresh]
         assert all(o.request is not None and o.request.prompt == "a dog" for o in again)
+
+
+def test_memo_respects_what_a_provider_reads_of_the_prompt() -> None:
+    # Runflow's gpt-image-1.5 refuses 1-character prompts; a quote memoized for a long prompt
+    # must not be reused for a short one of the same shape (and the other way round).
+    plugins = Plugins.load()
+    router = Router(load_config({}, known_providers=plugins.providers()), plugins=plugins,
+                    ledger=False)
+    shape = {"model": "gpt-image-1.5", "quality": "medium"}
+    long_first = {o.provider: o.eligible for o in router.quote("a long prompt", **shape)}
+    short = {o.provider: o for o in router.quote("x", **shape)}
+    long_again = {o.provider: o.eligible for o in router.quote("another prompt", **shape)}
+    assert long_first["runflow"] and long_again["runflow"]
+    assert not short["runflow"].eligible and "characters" in (short["runflow"].reason or "")

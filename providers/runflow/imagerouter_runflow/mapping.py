@@ -126,6 +126,14 @@ def size_problem(width: int, height: int, rules: SizeRules) -> str | None:
     return None
 
 
+def prompt_fits_15(prompt: str, caps: Mapping[str, Any]) -> bool:
+    """Whether the prompt's length is in gpt-image-1.5's documented range (2 to 32,000)."""
+    limits = caps.get("gpt_image_15_prompt_chars")
+    if not limits:
+        return True
+    return int(limits[0]) <= len(prompt) <= int(limits[1])
+
+
 def split_runs(n: int, per_run: int) -> tuple[int, ...]:
     """n images in runs of at most `per_run`: 10 by 4 -> (4, 4, 2)."""
     per_run = max(1, per_run)
@@ -163,14 +171,12 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
     ):
         raise _Ineligible(f"Runflow has no model id for {request.model} {request.operation}")
 
-    limits = caps.get("gpt_image_15_prompt_chars")
-    if request.model == "gpt-image-1.5" and limits:
-        low, high = int(limits[0]), int(limits[1])
-        if not low <= len(request.prompt) <= high:
-            raise _Ineligible(
-                f"Runflow's gpt-image-1.5 takes prompts of {low} to {high:,} characters "
-                f"(this one has {len(request.prompt):,})"
-            )
+    if request.model == "gpt-image-1.5" and not prompt_fits_15(request.prompt, caps):
+        low, high = (int(v) for v in caps["gpt_image_15_prompt_chars"])
+        raise _Ineligible(
+            f"Runflow's gpt-image-1.5 takes prompts of {low} to {high:,} characters "
+            f"(this one has {len(request.prompt):,})"
+        )
 
     quality = request.quality
     if quality is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,7 +14,7 @@ from imagerouter.pricing import PriceTable
 from imagerouter.provider import Provider, ProviderSettings
 from imagerouter.request import ImageRequest
 
-from .mapping import PROVIDER, build_offer, merged_capabilities
+from .mapping import PROVIDER, build_offer, merged_capabilities, prompt_fits_15
 
 if TYPE_CHECKING:
     from imagerouter.emulation import EmulatorApp, EmulatorOptions
@@ -50,6 +50,10 @@ class RunflowProvider(Provider):
         if not isinstance(data, Mapping):
             raise ValueError("capabilities.yaml must hold a mapping")
         return dict(data)
+
+    def prompt_key(self, prompt: str, capabilities: Mapping[str, Any]) -> Hashable:
+        """offers() reads the prompt only to check gpt-image-1.5's documented length range."""
+        return prompt_fits_15(prompt, capabilities)
 
     def offers(
         self,

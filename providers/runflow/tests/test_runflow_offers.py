@@ -345,8 +345,9 @@ def test_15_edit_uses_the_generate_table() -> None:
 
 
 def test_gpt_image_15_prompt_length_is_checked_before_any_call() -> None:
-    from imagerouter import ImageRequest
     from imagerouter_runflow import RunflowProvider
+
+    from imagerouter import ImageRequest
 
     provider = RunflowProvider()
     kwargs = {"prices": provider.price_table(), "capabilities": provider.capabilities()}
