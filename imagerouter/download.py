@@ -16,6 +16,7 @@ import io
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -31,6 +32,7 @@ __all__ = ["MAX_REDIRECTS", "RETRYABLE_CODES", "download_image", "is_retryable"]
 MAX_REDIRECTS = 3
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK = 64 * 1024
+_HEAD = 64  # bytes kept for the magic-number check
 
 # `DownloadFailedError.code` values worth another try; the rest fail the same way again.
 # "undecodable" is here because a connection cut mid-body without a Content-Length looks
@@ -90,13 +92,25 @@ class _Failure:
         )
 
 
+@dataclass
+class _Fetched:
+    """A download on disk, not yet checked: a temp file beside its final place."""
+
+    temp: Path
+    sha256: str
+    size: int
+    head: bytes  # the first bytes, for the magic-number check
+
+
 async def _fetch(
     http: httpx.AsyncClient,
     url: str,
     headers: Mapping[str, str] | None,
     max_bytes: int,
     fail: _Failure,
-) -> bytes:
+    dest_dir: Path,
+    stem: str,
+) -> _Fetched:
     try:
         current = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -134,7 +148,7 @@ async def _fetch(
                         code="http_status",
                         status_code=response.status_code,
                     )
-                return await _read_capped(response, max_bytes, fail)
+                return await _stream_to_temp(response, max_bytes, fail, dest_dir, stem)
         except httpx.TimeoutException as exc:
             raise fail(f"the download timed out ({type(exc).__name__})", code="network") from None
         except httpx.HTTPError as exc:
@@ -145,7 +159,11 @@ async def _fetch(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int, fail: _Failure) -> bytes:
+async def _stream_to_temp(
+    response: httpx.Response, max_bytes: int, fail: _Failure, dest_dir: Path, stem: str
+) -> _Fetched:
+    """Write the body to a temp file as it arrives, hashing it on the way: an image is never
+    held whole in memory, however many downloads run at once."""
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise fail(
@@ -153,15 +171,43 @@ async def _read_capped(response: httpx.Response, max_bytes: int, fail: _Failure)
             f"{human_bytes(max_bytes)}",
             code="too_large",
         )
-    buffer = bytearray()
-    async for chunk in response.aiter_bytes(_CHUNK):
-        buffer += chunk
-        if len(buffer) > max_bytes:
-            raise fail(
-                f"the image is larger than the download limit of {human_bytes(max_bytes)}",
-                code="too_large",
-            )
-    return bytes(buffer)
+    try:
+        fd, temp_name = await asyncio.to_thread(_open_temp, dest_dir, stem)
+    except OSError as exc:
+        raise fail(
+            f"writing to {dest_dir} failed: {exc.strerror or exc}", code="write_failed"
+        ) from None
+    temp = Path(temp_name)
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in response.aiter_bytes(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise fail(
+                        f"the image is larger than the download limit of {human_bytes(max_bytes)}",
+                        code="too_large",
+                    )
+                if len(head) < _HEAD:
+                    head += chunk[: _HEAD - len(head)]
+                digest.update(chunk)
+                handle.write(chunk)
+    except BaseException:
+        _discard(temp)
+        raise
+    return _Fetched(temp, digest.hexdigest(), size, head)
+
+
+def _open_temp(dest_dir: Path, stem: str) -> tuple[int, str]:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=dest_dir)
+
+
+def _discard(temp: Path) -> None:
+    with contextlib.suppress(OSError):
+        temp.unlink()
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -193,15 +239,19 @@ def _convert(image: Image.Image, target: str) -> bytes:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    _durable_replace(Path(temp_name), path)
+
+
+def _durable_replace(temp: Path, path: Path) -> None:
+    """fsync the finished temp file, rename it into place, then make the rename durable."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(temp_name, path)
+        os.replace(temp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
+        _discard(temp)
         raise
     # Make the rename itself durable; not possible on every platform, so best effort.
     with contextlib.suppress(OSError, AttributeError):
@@ -213,7 +263,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def _save(
-    data: bytes,
+    fetched: _Fetched,
     url: str,
     dest_dir: Path,
     stem: str,
@@ -222,25 +272,59 @@ def _save(
     fail: _Failure,
 ) -> SavedImage:
     try:
-        fmt = check_magic(data)
-        image = decode_image(data, fmt, max_pixels=max_pixels)
+        return _check_and_place(fetched, url, dest_dir, stem, max_pixels, target, fail)
+    finally:
+        _discard(fetched.temp)  # gone already when it was renamed into place
+
+
+def _check_and_place(
+    fetched: _Fetched,
+    url: str,
+    dest_dir: Path,
+    stem: str,
+    max_pixels: int,
+    target: str | None,
+    fail: _Failure,
+) -> SavedImage:
+    convert = target is not None
+    try:
+        fmt = check_magic(fetched.head)
+        convert = target is not None and target != fmt
+        # A PNG kept as it is only needs its structure checked (every chunk's CRC), not a
+        # full decode; anything converted or not PNG is decoded in full.
+        image = decode_image(
+            fetched.temp, fmt, max_pixels=max_pixels, verify_only=fmt == "png" and not convert
+        )
     except ImageCheckError as exc:
         raise fail(f"the downloaded file {exc}", code=exc.reason) from None
     with image:
         width, height = image.size
-        out_fmt: str = fmt
-        out_data, converted_from = data, None
-        if target is not None and target != fmt:
+        if not convert:
+            path = dest_dir / f"{stem}.{EXTENSIONS[fmt]}"
             try:
-                out_data = _convert(image, target)
-            except (OSError, ValueError) as exc:
+                _durable_replace(fetched.temp, path)
+            except OSError as exc:
                 raise fail(
-                    f"converting {fmt} to {target} failed: {exc}", code="convert_failed"
+                    f"writing {path} failed: {exc.strerror or exc}", code="write_failed"
                 ) from None
-            out_fmt, converted_from = target, fmt
-    path = dest_dir / f"{stem}.{EXTENSIONS[out_fmt]}"
+            return SavedImage(
+                path=path,
+                width=width,
+                height=height,
+                format=fmt,
+                sha256=fetched.sha256,
+                source_url=url,
+                size_bytes=fetched.size,
+            )
+        assert target is not None
+        try:
+            out_data = _convert(image, target)
+        except (OSError, ValueError) as exc:
+            raise fail(
+                f"converting {fmt} to {target} failed: {exc}", code="convert_failed"
+            ) from None
+    path = dest_dir / f"{stem}.{EXTENSIONS[target]}"
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, out_data)
     except OSError as exc:
         raise fail(f"writing {path} failed: {exc.strerror or exc}", code="write_failed") from None
@@ -248,11 +332,11 @@ def _save(
         path=path,
         width=width,
         height=height,
-        format=out_fmt,
+        format=target,
         sha256=hashlib.sha256(out_data).hexdigest(),
         source_url=url,
         size_bytes=len(out_data),
-        converted_from=converted_from,
+        converted_from=fmt,
     )
 
 
@@ -280,6 +364,10 @@ async def download_image(
     if not stem or stem in (".", "..") or Path(stem).name != stem:
         raise ValueError(f"stem must be a plain file name without directories, not {stem!r}")
     fail = _Failure(url, provider, url_expires_at)
-    data = await _fetch(http, url, headers, max_bytes, fail)
-    # Decoding and encoding a large image takes tens of ms: keep it off the event loop.
-    return await asyncio.to_thread(_save, data, url, Path(dest_dir), stem, max_pixels, target, fail)
+    dest = Path(dest_dir)
+    fetched = await _fetch(http, url, headers, max_bytes, fail, dest, stem)
+    # Checking, converting and fsyncing take milliseconds: keep them off the event loop.
+    try:
+        return await asyncio.to_thread(_save, fetched, url, dest, stem, max_pixels, target, fail)
+    finally:
+        _discard(fetched.temp)
