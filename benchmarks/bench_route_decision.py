@@ -7,11 +7,10 @@ requests. Every call has a new prompt, as real traffic does. Three cases:
 - warm: the request's shape (every field but the prompt) was quoted before, so the memoized
   offers are re-attached to the new prompt and only the ranking (live health data) runs;
   this is every request after the first of its shape, and every re-quote during failover;
-- cold: the shape was never seen (the memo is emptied before each call); once per shape;
-- warm, O(1) latency lookup: warm, with the Router's latency lookup replaced by a direct read
-  of the health record (the change proposed for HealthTracker in docs/performance.md). The
-  default tiers have price ties, and a tie is broken by latency, so ranking them reads
-  health data for the tied offers.
+- cold: the shape was never seen (the memo is emptied before each call); once per shape.
+
+The default tiers have price ties, and a tie is broken by latency, so ranking them reads the
+health tracker's latency (`HealthTracker.latency`, one store read) for the tied offers.
 
 Each case runs several rounds; the round with the lowest median is reported (the median and
 p99 of that round), which filters out other processes on a shared machine.
@@ -26,7 +25,6 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,16 +54,6 @@ def _router() -> Router:
     return Router(
         load_config(None, known_providers=plugins.providers()), plugins=plugins, ledger=False
     )
-
-
-def _fast_latency(router: Router) -> Callable[[tuple[str, str, str]], float | None]:
-    store = router.health.store
-
-    def latency(key: tuple[str, str, str]) -> float | None:
-        record = store.get(key)
-        return None if record is None else record.ewma_latency_s
-
-    return latency
 
 
 def _measure(
@@ -103,16 +91,12 @@ def main() -> None:
     args = parser.parse_args()
     emit(f"machine: {machine()}")
     router = _router()
-    fast = _router()
-    fast._latency_of = _fast_latency(fast)  # type: ignore[method-assign,assignment]
     rows = []
-    worst = worst_fast = 0.0
+    worst = 0.0
     for label, fields in SHAPES:
         warm = _measure(router, fields, args.calls, cold=False, rounds=args.rounds)
         cold = _measure(router, fields, max(200, args.calls // 10), cold=True, rounds=args.rounds)
-        quick = _measure(fast, fields, args.calls, cold=False, rounds=args.rounds)
         worst = max(worst, statistics.median(warm))
-        worst_fast = max(worst_fast, statistics.median(quick))
         offers = len(router.quote_request(ImageRequest.build(prompt="x", **fields)))
         rows.append(
             [
@@ -123,8 +107,6 @@ def main() -> None:
                 "yes" if statistics.median(warm) < TARGET_US else "NO",
                 f"{statistics.median(cold):.1f}",
                 f"{percentile(cold, 99):.1f}",
-                f"{statistics.median(quick):.1f}",
-                f"{percentile(quick, 99):.1f}",
             ]
         )
         emit(f"{label}: done")
@@ -137,8 +119,6 @@ def main() -> None:
             f"< {TARGET_US:.0f} us",
             "cold median us",
             "cold p99 us",
-            "warm, O(1) latency: median us",
-            "p99 us",
         ],
         rows,
     )
@@ -146,16 +126,14 @@ def main() -> None:
     emit()
     emit(table.render())
     emit(
-        f"target: median < {TARGET_US:.0f} us for every shape: worst {worst:.1f} us ({verdict}); "
-        f"with an O(1) latency lookup, worst {worst_fast:.1f} us"
+        f"target: median < {TARGET_US:.0f} us for every shape: worst {worst:.1f} us ({verdict})"
     )
     notes = [
-        f"Target: median < {TARGET_US:.0f} us. Worst warm median: {worst:.1f} us ({verdict}); "
-        f"with the proposed O(1) latency lookup: {worst_fast:.1f} us. The tiers whose "
-        "variants tie on price (draft, standard at 1024x1024) read the health tracker's "
-        "latency for the tied offers, which costs ~10 us a lookup today. Cold is the first "
-        "request of a shape in a process (the providers' `offers()` and the tier variants' "
-        "re-validation run then).",
+        f"Target: median < {TARGET_US:.0f} us. Worst warm median: {worst:.1f} us ({verdict}). "
+        "The tiers whose variants tie on price (draft, standard at 1024x1024) also read the "
+        "health tracker's latency for the tied offers. Cold is the first request of a shape "
+        "in a process (the providers' `offers()` and the tier variants' re-validation run "
+        "then).",
     ]
     emit()
     emit("---- paste into docs/performance.md ----")
