@@ -4,6 +4,7 @@ loop reads as decisions and this module as bookkeeping."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
@@ -39,7 +40,7 @@ class AttemptState(Protocol):
     last_error: BaseException | None
 
 
-def record_attempt(
+async def record_attempt(
     router: Router,
     state: AttemptState,
     offer: Offer,
@@ -65,9 +66,9 @@ def record_attempt(
     )
     if router.budget is not None and reservation is not None:
         if spend > 0:
-            router.budget.settle(reservation, spend)
+            await asyncio.to_thread(router.budget.settle, reservation, spend)
         else:
-            router.budget.release(reservation)
+            await asyncio.to_thread(router.budget.release, reservation)
     state.images.extend(outcome.images)
     state.remaining -= delivered
     state.task_ids.extend(outcome.task_ids)
@@ -109,7 +110,8 @@ def record_attempt(
     if first_error is not None:
         state.last_error = first_error
     if router.ledger is not None:
-        router.ledger.end_attempt(
+        await asyncio.to_thread(
+            router.ledger.end_attempt,
             attempt_id,
             outcome=outcome_name,
             accepted=accepted,

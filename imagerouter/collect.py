@@ -3,6 +3,7 @@ ledger. Used by the router while a job runs and by `resume` after a crash."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +78,8 @@ async def save_image(
                 url_expires_at=url_expires_at,
             )
     if ledger is not None:
-        ledger.image_saved(
+        await asyncio.to_thread(
+            ledger.image_saved,
             task_id,
             index=index,
             path=str(image.path),

@@ -178,7 +178,8 @@ async def _run_task(
     )
     per_image = offer.per_image_usd or Decimal(0)
     if ctx.ledger is not None:
-        ctx.ledger.task_submitting(
+        await asyncio.to_thread(
+            ctx.ledger.task_submitting,
             task_id,
             attempt_id=ctx.attempt_id,
             request_id=ctx.request_id,
@@ -195,12 +196,17 @@ async def _run_task(
     except ProviderError as exc:
         if ctx.ledger is not None:
             state = "unknown" if exc.accepted == "unknown" else "not_sent"
-            ctx.ledger.task_finished(
-                task_id, state=state, error=str(exc), possibly_billed=exc.accepted == "unknown"
+            await asyncio.to_thread(
+                ctx.ledger.task_finished,
+                task_id,
+                state=state,
+                error=str(exc),
+                possibly_billed=exc.accepted == "unknown",
             )
         raise
     if ctx.ledger is not None:
-        ctx.ledger.task_accepted(
+        await asyncio.to_thread(
+            ctx.ledger.task_accepted,
             task_id,
             provider_task_id=submission.task_id,
             poll_ref=submission.poll_ref,
@@ -212,20 +218,27 @@ async def _run_task(
         status = await _poll(ctx, offer, submission, task, index, started)
     except JobFailedError as exc:
         if ctx.ledger is not None:
-            ctx.ledger.task_finished(task_id, state="failed", error=str(exc))
+            await asyncio.to_thread(
+                ctx.ledger.task_finished, task_id, state="failed", error=str(exc)
+            )
         raise
     except JobTimedOutError as exc:
         # Still running at the provider: it may finish and be billed; `resume` collects it.
         if ctx.ledger is not None:
-            ctx.ledger.task_finished(
-                task_id, state="timed_out", error=str(exc), possibly_billed=True
+            await asyncio.to_thread(
+                ctx.ledger.task_finished,
+                task_id,
+                state="timed_out",
+                error=str(exc),
+                possibly_billed=True,
             )
         raise
     latency = ctx.clock() - started
     if ctx.ledger is not None:
         # Done at the provider: record when, and where the images are, before downloading,
         # so a crash during the download leaves `resume` everything it needs.
-        ctx.ledger.task_finished(
+        await asyncio.to_thread(
+            ctx.ledger.task_finished,
             task_id,
             state=status.state.value,
             billed_usd=status.billed_usd,
@@ -234,7 +247,7 @@ async def _run_task(
         )
     images = await _collect(ctx, offer, task_id, status, offset)
     if ctx.ledger is not None:
-        ctx.ledger.task_finished(task_id, state="collected")
+        await asyncio.to_thread(ctx.ledger.task_finished, task_id, state="collected")
     billed = status.billed_usd if status.billed_usd is not None else submission.billed_usd
     return TaskOutcome(submission.task_id, images, billed, latency)
 

@@ -7,6 +7,7 @@ running one is left for later (or waited for); a failed one is closed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ async def resume_uncollected(router: Router) -> list[ResumeOutcome]:
     if router.ledger is None:
         raise ImageRouterError("resume needs the ledger (ledger.enabled: true)")
     outcomes = []
-    for task in router.ledger.uncollected():
+    for task in await asyncio.to_thread(router.ledger.uncollected):
         try:
             outcomes.append(await _resume_one(router, task))
         except ImageRouterError as exc:
@@ -67,7 +68,9 @@ async def _resume_one(router: Router, task: UncollectedTask) -> ResumeOutcome:
     if not status.terminal:
         return ResumeOutcome(task.task_id, task.provider, "running", detail=status.state.value)
     if not status.state.produced_images:
-        ledger.task_finished(task.task_id, state=status.state.value, error=status.error)
+        await asyncio.to_thread(
+            ledger.task_finished, task.task_id, state=status.state.value, error=status.error
+        )
         return ResumeOutcome(task.task_id, task.provider, "failed", detail=status.error or "")
     sink = ImageSink(
         http=router.http(),
@@ -93,7 +96,8 @@ async def _resume_one(router: Router, task: UncollectedTask) -> ResumeOutcome:
             url_expires_at=status.urls_expire_at,
         )
         saved.append(str(image.path))
-    ledger.task_finished(
+    await asyncio.to_thread(
+        ledger.task_finished,
         task.task_id,
         state="collected",
         billed_usd=status.billed_usd,

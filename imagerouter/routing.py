@@ -10,6 +10,7 @@ The loop, per attempt:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -67,7 +68,8 @@ async def route_request(
     started = router.clock()
     offers = _eligible(router, request, inputs, mask)
     if router.ledger is not None:
-        router.ledger.begin_request(
+        await asyncio.to_thread(
+            router.ledger.begin_request,
             request_id,
             operation=request.operation,
             model=request.model,
@@ -88,10 +90,14 @@ async def route_request(
             outcome = await _attempt(router, state, offer, inputs, mask, progress)
             if outcome.errors and not _may_continue(router, state, offer, outcome):
                 raise _final_error(state, "stopped to avoid paying twice")
-    except BaseException as exc:
+    except asyncio.CancelledError as exc:
+        # Cancelled: record the outcome without awaiting anything more.
         _finish(router, state, started, exc)
         raise
-    _finish(router, state, started, None)
+    except BaseException as exc:
+        await _finish_async(router, state, started, exc)
+        raise
+    await _finish_async(router, state, started, None)
     served = state.served_by
     assert served is not None
     return GenerationResult(
@@ -207,12 +213,17 @@ async def _attempt(
     state.tried[offer.backend] = state.tried.get(offer.backend, 0) + 1
     quoted = offer.total_usd or Decimal(0)
     try:
-        reservation = router.budget.reserve(state.request_id, quoted) if router.budget else None
+        reservation = (
+            await asyncio.to_thread(router.budget.reserve, state.request_id, quoted)
+            if router.budget
+            else None
+        )
     except BaseException:
         router.health.release(offer.backend)
         raise
     if router.ledger is not None:
-        router.ledger.begin_attempt(
+        await asyncio.to_thread(
+            router.ledger.begin_attempt,
             attempt_id,
             request_id=state.request_id,
             attempt_no=attempt_no,
@@ -252,7 +263,9 @@ async def _attempt(
     except Exception as exc:  # failures before any task (key, upload): nothing was created
         outcome.errors.append(exc)
     elapsed = router.clock() - started
-    record_attempt(router, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no)
+    await record_attempt(
+        router, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no
+    )
     return outcome
 
 
@@ -295,8 +308,24 @@ def _final_error(state: _State, why: str) -> BaseException:
     return NoEligibleOfferError(f"the request could not be served: {why}")
 
 
+async def _finish_async(
+    router: Router, state: _State, started: float, error: BaseException | None
+) -> None:
+    # The ledger write (an fsync) goes to a worker thread; hooks stay on the event loop.
+    elapsed = router.clock() - started
+    await asyncio.to_thread(_end_request, router, state, elapsed, error)
+    _emit_result(router, state, elapsed, error)
+
+
 def _finish(router: Router, state: _State, started: float, error: BaseException | None) -> None:
     elapsed = router.clock() - started
+    _end_request(router, state, elapsed, error)
+    _emit_result(router, state, elapsed, error)
+
+
+def _end_request(
+    router: Router, state: _State, elapsed: float, error: BaseException | None
+) -> None:
     served = state.served_by
     ok = error is None
     if router.ledger is not None:
@@ -310,6 +339,13 @@ def _finish(router: Router, state: _State, started: float, error: BaseException 
             error=None if ok else f"{type(error).__name__}: {error}",
             elapsed_s=elapsed,
         )
+
+
+def _emit_result(
+    router: Router, state: _State, elapsed: float, error: BaseException | None
+) -> None:
+    served = state.served_by
+    ok = error is None
     router.emit(
         "on_result",
         event=ResultEvent(
