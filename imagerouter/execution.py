@@ -272,9 +272,25 @@ async def _create(ctx: RunContext, offer: Offer, task: TaskSpec) -> Submission:
             sleep=ctx.sleep,
             reraise=True,
         )
+        lost: ProviderError | None = None
         async for attempt in retrying:
             with attempt:
-                return await ctx.client.submit(offer, task)
+                try:
+                    return await ctx.client.submit(offer, task)
+                except ProviderError as exc:
+                    if exc.accepted == "unknown":
+                        lost = exc
+                    elif lost is not None:
+                        # An earlier send may have created the task; a refused replay does
+                        # not prove otherwise, so it stays unknown (never fail over on it).
+                        raise SubmissionUnknownError(
+                            f"a replay was refused ({exc.message}) after an earlier send got "
+                            "no answer, so the task may exist and may be billed",
+                            provider=provider.name,
+                            status_code=exc.status_code,
+                            client_ref=task.task_id,
+                        ) from exc
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
     try:
         return await ctx.client.submit(offer, task)

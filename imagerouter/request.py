@@ -181,9 +181,20 @@ class ImageRequest(BaseModel):
         if images is not None:
             if isinstance(images, str | Path | bytes | ImageInput):
                 images = [images]
-            data["images"] = tuple(ImageInput.coerce(item) for item in images)
+            if not isinstance(images, list | tuple):
+                raise _FieldError(
+                    "images", f"{type(images).__name__} is not allowed; give a list of paths, "
+                    "bytes or http(s) URLs"
+                )
+            try:
+                data["images"] = tuple(ImageInput.coerce(item) for item in images)
+            except TypeError as exc:
+                raise _FieldError("images", str(exc)) from None
         if data.get("mask") is not None:
-            data["mask"] = ImageInput.coerce(data["mask"])
+            try:
+                data["mask"] = ImageInput.coerce(data["mask"])
+            except TypeError as exc:
+                raise _FieldError("mask", str(exc)) from None
         providers = data.get("providers")
         if isinstance(providers, str):
             data["providers"] = tuple(p.strip() for p in providers.split(",") if p.strip())

@@ -128,6 +128,10 @@ class Router:
     def _make_budget(self) -> Budget | None:
         cfg = self.config.budget
         limits = BudgetLimits(cfg.daily_usd, cfg.monthly_usd, cfg.total_usd)
+        if self.ledger is not None:
+            # Spend is reserved and settled even with no limit set, so a limit added later
+            # counts what was spent before it.
+            return Budget(limits, self.ledger)
         if limits == BudgetLimits():
             return None
         if self.ledger is None:

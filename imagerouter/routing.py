@@ -53,6 +53,9 @@ class _State:
     served_by: Offer | None = None
     last_error: BaseException | None = None
     double_charge_accepted: bool = False
+    # Image numbers handed out so far. Every attempt reserves numbers for all the images it
+    # may produce, so a retry never reuses the file name of an image an earlier task saved.
+    next_image: int = 0
 
 
 async def route_request(
@@ -254,11 +257,12 @@ async def _attempt(
             schedule=router.schedule_for(offer),
             on_unknown=router.config.routing.on_unknown_submission,
             on_deadline=router.config.routing.on_deadline,
-            image_offset=len(state.images),
+            image_offset=state.next_image,
             progress=progress,
             callback_url=router.callback_url(offer.provider),
             waiters=router.waiters,
         )
+        state.next_image += offer.images
         outcome = await run_offer(ctx, offer, state.request.prompt, inputs, mask)
     except Exception as exc:  # failures before any task (key, upload): nothing was created
         outcome.errors.append(exc)
