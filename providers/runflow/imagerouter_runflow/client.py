@@ -376,7 +376,7 @@ def _submission(
     state = run_state(run)
     return Submission(
         provider=PROVIDER,
-        task_id=task.task_id,
+        task_id=run_id,
         poll_ref=run_id,
         state=state,
         request_id=request_id,

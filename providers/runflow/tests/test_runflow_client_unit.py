@@ -133,7 +133,7 @@ async def test_submit_sends_the_documented_body(
     assert submission.poll_ref == RUN_ID
     assert submission.state is TaskState.QUEUED
     assert submission.request_id == "req-1"
-    assert submission.task_id == task.task_id
+    assert submission.task_id == RUN_ID  # Runflow's run id; ours travels as client_ref
     assert submission.billed_usd is None
 
 
@@ -633,7 +633,7 @@ async def test_find_follows_cursors_and_filters_exactly(
     assert found is not None
     assert found.poll_ref == "hit"
     assert found.state is TaskState.RUNNING
-    assert found.task_id == task.task_id
+    assert found.task_id == "hit"
     assert [url.params.get("pq") for url in seen] == [None, "page2"]
     assert seen[0].params["q"] == task.task_id
     assert seen[0].params["client_ref"] == task.task_id

@@ -154,7 +154,7 @@ async def test_hang_times_out_as_unknown_and_the_run_exists(
     assert caught.value.accepted == "unknown"
     assert rig.emulator.counters.created == 1
     found = await rig.client.find(task)
-    assert found is not None and found.task_id == task.task_id
+    assert found is not None and found.task_id == found.poll_ref  # the run's own id
 
 
 async def test_task_failed_is_not_billed(
