@@ -271,21 +271,6 @@ def _save(
     target: str | None,
     fail: _Failure,
 ) -> SavedImage:
-    try:
-        return _check_and_place(fetched, url, dest_dir, stem, max_pixels, target, fail)
-    finally:
-        _discard(fetched.temp)  # gone already when it was renamed into place
-
-
-def _check_and_place(
-    fetched: _Fetched,
-    url: str,
-    dest_dir: Path,
-    stem: str,
-    max_pixels: int,
-    target: str | None,
-    fail: _Failure,
-) -> SavedImage:
     convert = target is not None
     try:
         fmt = check_magic(fetched.head)
