@@ -144,6 +144,12 @@ def test_a_client_that_disconnects_does_not_lose_the_job(
         impatient.post("/v1/images/generations", json={"prompt": "a slow fox"})
     impatient.close()  # the connection is gone; the job must go on
 
+    # On a cold start the client may give up before the gateway has even registered the job
+    # (the Router is built on first use); the request is still handled, so wait for it.
+    deadline = time.monotonic() + 10
+    while not served.gateway.jobs.recent(1):
+        assert time.monotonic() < deadline, "the gateway never started the job"
+        time.sleep(0.02)
     (job,) = served.gateway.jobs.recent(1)
     done = wait_for_job(served, job.id)
     assert done["status"] == "succeeded"
