@@ -36,7 +36,7 @@ from .polling import AdaptiveSchedules, FixedSchedule, PollSchedule
 from .provider import FreeCheck
 from .quoting import Catalog, quote
 from .redact import default_redactor
-from .request import ImageInput, ImageRequest
+from .request import MODELS, ImageInput, ImageRequest
 from .resume import ResumeOutcome, resume_uncollected
 from .routing import route_request
 from .transport import LimitedTransport
@@ -261,7 +261,7 @@ class Router:
         keys = [
             (name, model, operation)
             for name in self.catalog.entries
-            for model in ("gpt-image-2", "gpt-image-1.5")
+            for model in MODELS
             for operation in ("generate", "edit")
         ]
         return self.health.snapshot(keys)
@@ -302,7 +302,7 @@ class Router:
             finally:
                 await self._close_http()
 
-        return asyncio.run(_coroutine(once()))
+        return asyncio.run(once())
 
     async def _close_http(self) -> None:
         if self._http is not None:
@@ -350,6 +350,3 @@ def _load(item: ImageInput) -> LoadedImage | str:
         return item.url
     return load_input(item, max_bytes=MAX_INPUT_BYTES)
 
-
-async def _coroutine(awaitable: Awaitable[_T]) -> _T:
-    return await awaitable

@@ -14,14 +14,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .accounting import record_attempt
-from .errors import NoEligibleOfferError, ProviderError
+from .errors import InputImageError, NoEligibleOfferError, ProviderError
 from .events import ResultEvent
 from .execution import OfferOutcome, Progress, RunContext, run_offer
 from .failures import classify, refusal_may_differ
@@ -131,41 +131,40 @@ def _eligible(
     mask: LoadedImage | str | None,
 ) -> list[Offer]:
     offers = router.quote_request(request)
-    usable = [offer for offer in offers if offer.eligible]
-    usable = [_check_inputs(router, offer, inputs, mask) for offer in usable]
-    eligible = [offer for offer in usable if offer.eligible]
+    eligible = []
+    too_big: InputImageError | None = None
+    for offer in offers:
+        if not offer.eligible:
+            continue
+        problem = _oversized_input(router, offer, inputs, mask)
+        if problem is None:
+            eligible.append(offer)
+        else:
+            too_big = too_big or problem
     if not eligible:
-        too_big = [offer for offer in usable if not offer.eligible]
-        if too_big:
-            from .errors import InputImageError
-
-            raise InputImageError(_input_name(too_big[0]), too_big[0].reason or "too large")
+        if too_big is not None:
+            raise too_big
         raise NoEligibleOfferError("no backend can serve this request:", offers)
     return eligible
 
 
-def _input_name(offer: Offer) -> str:
-    return (offer.reason or "input").split(" is ", 1)[0]
-
-
-def _check_inputs(
+def _oversized_input(
     router: Router,
     offer: Offer,
     inputs: Sequence[LoadedImage | str],
     mask: LoadedImage | str | None,
-) -> Offer:
+) -> InputImageError | None:
+    """The error for the first input over this offer's provider's upload cap, if any."""
     cap = router.capabilities(offer.provider).get("max_upload_bytes")
     if not isinstance(cap, int):
-        return offer
+        return None
     for item in (*inputs, *([mask] if mask is not None else [])):
         if not isinstance(item, str) and item.size_bytes > cap:
-            return replace(
-                offer,
-                eligible=False,
-                reason=f"{item.name} is {item.size_bytes} bytes, over {offer.provider}'s "
-                f"upload cap of {cap} bytes",
+            return InputImageError(
+                item.name,
+                f"is {item.size_bytes} bytes, over {offer.provider}'s upload cap of {cap} bytes",
             )
-    return offer
+    return None
 
 
 MAX_COOLDOWN_WAIT_S = 60.0

@@ -214,3 +214,26 @@ def test_edit_within_a_tier(make_router: MakeRouter, input_png: Path) -> None:
     router = make_router()
     result = router.edit("make it blue", images=[input_png], tier="draft")
     assert result.operation == "edit" and result.tier == "draft"
+
+
+def test_input_over_every_upload_cap_is_named_before_any_call(
+    make_router: MakeRouter, emulators: Emulators, input_png: Path
+) -> None:
+    from imagerouter import InputImageError
+
+    small = {"capabilities": {"max_upload_bytes": 10}}
+    router = make_router({"providers": {"runapi": small, "runflow": small}})
+    with pytest.raises(InputImageError) as caught:
+        router.edit("make it blue", images=[input_png])
+    assert str(input_png) in str(caught.value) and "upload cap of 10 bytes" in str(caught.value)
+    assert emulators.created() == {"runapi": 0, "runflow": 0}
+    assert emulators.apps["runapi"].counters.uploads == 0
+
+
+def test_input_over_one_cap_goes_to_the_other_provider(
+    make_router: MakeRouter, emulators: Emulators, input_png: Path
+) -> None:
+    router = make_router({"providers": {"runapi": {"capabilities": {"max_upload_bytes": 10}}}})
+    result = router.edit("make it blue", images=[input_png])
+    assert result.provider == "runflow"
+    assert emulators.created() == {"runapi": 0, "runflow": 1}
