@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .clock import Clock, Sleep
@@ -74,7 +75,7 @@ class RunContext:
     settings: ProviderSettings
     ledger: Ledger | None
     output_dir: Path
-    http: object  # httpx.AsyncClient (kept loose so tests can pass any client)
+    http: httpx.AsyncClient
     max_bytes: int
     max_pixels: int
     clock: Clock
@@ -428,7 +429,7 @@ async def _collect(
             task_id=task_id,
         )
     sink = ImageSink(
-        http=ctx.http,  # type: ignore[arg-type]
+        http=ctx.http,
         output_dir=ctx.output_dir,
         provider=ctx.provider.name,
         max_bytes=ctx.max_bytes,
