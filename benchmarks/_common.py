@@ -150,19 +150,59 @@ def _patched_render(mode: str) -> Any:
     return render
 
 
+OPENAI_STUB_KEY = "sk-benchmark-stub"
+
+
+def _openai_stub(image: bytes, delay_s: float) -> Any:
+    """An OpenAI-shaped `POST /v1/images/generations` answering, after `delay_s` (the job's
+    time), with `image` as b64_json: what the LiteLLM column of benchmark 1 talks to."""
+    import asyncio
+    import base64
+    import time
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    encoded = base64.b64encode(image).decode()
+
+    async def generations(request: Request) -> JSONResponse:
+        await request.json()
+        await asyncio.sleep(delay_s)
+        return JSONResponse({"created": int(time.time()), "data": [{"b64_json": encoded}]})
+
+    return Starlette(routes=[Route("/v1/images/generations", generations, methods=["POST"])])
+
+
 def _serve(
-    conn: Any, names: list[str] | None, latency: str, image_mode: str | None, seed: int
+    conn: Any,
+    names: list[str] | None,
+    latency: str,
+    image_mode: str | None,
+    seed: int,
+    openai_stub: bool,
 ) -> None:
     from imagerouter.emulated import Emulators
-    from imagerouter.emulation import jobs
+    from imagerouter.emulation import EmulatorServer, images, jobs
     from imagerouter.plugins import Plugins
 
+    render = _patched_render(image_mode) if image_mode is not None else images.render_image
     if image_mode is not None:
-        jobs.render_image = _patched_render(image_mode)  # type: ignore[attr-defined]
+        jobs.render_image = render  # type: ignore[attr-defined]
     plugins = Plugins.load()
     with Emulators.start(plugins, names=names, latency=latency, seed=seed) as running:
-        conn.send({name: (running.url(name), running.keys[name]) for name in running.servers})
+        endpoints = {name: (running.url(name), running.keys[name]) for name in running.servers}
+        stub = None
+        if openai_stub:
+            delay = float(latency.split(":")[1]) if latency.startswith("fixed:") else 0.3
+            image = render("benchmark", 1024, 1024, "png")
+            stub = EmulatorServer(_openai_stub(image, delay)).start()
+            endpoints["openai"] = (stub.url + "/v1", OPENAI_STUB_KEY)
+        conn.send(endpoints)
         conn.recv()  # any message: stop
+        if stub is not None:
+            stub.stop()
         conn.send({name: app.counters.snapshot() for name, app in running.apps.items()})
 
 
@@ -187,13 +227,15 @@ def start_emulators(
     latency: str = "fixed:0.3",
     image_mode: str | None = None,
     seed: int = 7,
+    openai_stub: bool = False,
 ) -> Iterator[EmulatorProcess]:
     """Run the provider emulators in a spawned child process for the duration of the block.
-    `counters` is filled in (each emulator's counters) when the block ends."""
+    `counters` is filled in (each emulator's counters) when the block ends. `openai_stub`
+    adds an OpenAI-shaped images endpoint (endpoints["openai"]) serving the same image."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(
-        target=_serve, args=(child, names, latency, image_mode, seed), daemon=True
+        target=_serve, args=(child, names, latency, image_mode, seed, openai_stub), daemon=True
     )
     process.start()
     if not parent.poll(60):

@@ -105,6 +105,8 @@ async def _run(jobs: int, ledger: bool) -> dict[str, Any]:
         ticker.stop()
         await ticking
         peak = peak_rss_mb()
+        writes = router.ledger._writes if router.ledger is not None else None
+        commits = (writes.commits, writes.writes) if writes is not None else (0, 0)
         await router.aclose()
         failures = [r for r in results if isinstance(r, BaseException)]
         files = len(list((workdir / "images").glob("*.png")))
@@ -123,6 +125,7 @@ async def _run(jobs: int, ledger: bool) -> dict[str, Any]:
         "peak_mb": peak,
         "lags_ms": [lag * 1000 for lag in ticker.lags],
         "counters": emulators.counters,
+        "commits": commits,
     }
 
 
@@ -160,6 +163,12 @@ def main() -> None:
             ["wall time (s)", f"{out['wall']:.1f}", "", ""],
             ["client CPU (s)", f"{out['cpu']:.1f}", "", ""],
             ["creates / polls at the emulators", f"{created} / {polls}", "", ""],
+            [
+                "ledger writes / transactions (fsyncs)",
+                f"{out['commits'][1]} / {out['commits'][0]}",
+                "",
+                "",
+            ],
             ["RSS before the jobs (MB)", f"{out['before_mb']:.0f}", "", ""],
             [
                 "peak RSS, whole process (MB)",

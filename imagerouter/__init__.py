@@ -30,6 +30,7 @@ from .errors import (
     SubmissionUnknownError,
 )
 from .events import AttemptEvent, ResultEvent
+from .health_store import BackendState, BackendStats
 from .hookspecs import hookimpl
 from .offers import Offer
 from .pricing import PriceTable
@@ -53,6 +54,8 @@ __all__ = [
     "AttemptEvent",
     "AttemptRecord",
     "AuthenticationError",
+    "BackendState",
+    "BackendStats",
     "BudgetExceededError",
     "Config",
     "ConfigError",

@@ -6,7 +6,8 @@ Reservations are rows in the ledger, checked and inserted in one immediate trans
 threads and processes sharing a ledger file cannot together pass a limit. Windows are UTC:
 the day and month start at midnight UTC; a reservation counts in the window it was made in.
 A reservation left open by a killed process keeps counting (the call may have been paid)
-until `imagerouter resume` settles it.
+until `imagerouter resume` settles it from its attempt's tasks (or releases it when nothing
+was sent).
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class Budget:
                 needed_usd=amount,
             )
 
-    def reserve(self, request_id: str, amount: Decimal) -> Reservation:
+    def reserve(
+        self, request_id: str, amount: Decimal, *, attempt_id: str | None = None
+    ) -> Reservation:
         """Hold `amount` against every configured limit, or raise BudgetExceededError.
 
         With no limits configured the reservation is still recorded, so `status()` and later
@@ -96,7 +99,13 @@ class Budget:
             for name, start, limit in self._windows()
             if limit is not None
         ]
-        self.ledger.reserve(reservation.id, request_id=request_id, amount=amount, limits=limits)
+        self.ledger.reserve(
+            reservation.id,
+            request_id=request_id,
+            amount=amount,
+            limits=limits,
+            attempt_id=attempt_id,
+        )
         return reservation
 
     def settle(self, reservation: Reservation, amount: Decimal) -> None:

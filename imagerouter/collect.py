@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .ledger import Ledger
     from .result import SavedImage
+    from .urls import HostPolicy
 
 __all__ = ["DOWNLOAD_ATTEMPTS", "ImageSink", "save_image"]
 
@@ -38,6 +39,7 @@ class ImageSink:
     max_pixels: int
     headers: Mapping[str, str]
     sleep: Sleep
+    hosts: HostPolicy | None = None  # where downloads may go (None: anywhere)
 
 
 def _may_recover(exc: BaseException) -> bool:
@@ -55,7 +57,11 @@ async def save_image(
     stem: str,
     convert_to: str | None,
     url_expires_at: datetime | None,
+    provider_task_id: str | None = None,
 ) -> SavedImage:
+    """Download and record one image. A failure raises DownloadFailedError saying where the
+    image can still be had (the provider's task id and `imagerouter resume`), never only the
+    result URL: that may be a loopback emulator, or expire, long before the user reads it."""
     retrying = AsyncRetrying(
         stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
         wait=wait_exponential(multiplier=0.25, max=4),
@@ -63,20 +69,37 @@ async def save_image(
         sleep=sink.sleep,
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            image = await download_image(
-                sink.http,
-                url,
-                sink.output_dir,
-                stem,
-                provider=sink.provider,
-                max_bytes=sink.max_bytes,
-                max_pixels=sink.max_pixels,
-                convert_to=convert_to,
-                headers=sink.headers,
-                url_expires_at=url_expires_at,
-            )
+    where = _where(sink.provider, provider_task_id or task_id, index, url_expires_at)
+    try:
+        async for attempt in retrying:
+            with attempt:
+                image = await download_image(
+                    sink.http,
+                    url,
+                    sink.output_dir,
+                    stem,
+                    provider=sink.provider,
+                    max_bytes=sink.max_bytes,
+                    max_pixels=sink.max_pixels,
+                    convert_to=convert_to,
+                    headers=sink.headers,
+                    url_expires_at=url_expires_at,
+                    hosts=sink.hosts,
+                )
+    except DownloadFailedError as exc:
+        elsewhere = _ELSEWHERE if exc.code == "write_failed" else ""
+        exc.message = f"{_reason(exc.message)}; {where}{elsewhere}"
+        exc.task_id = exc.task_id or provider_task_id
+        exc.args = (exc._render(),)
+        raise
+    except OSError as exc:  # the output folder: a full disk, no permission, a read-only fs
+        raise DownloadFailedError(
+            f"the image could not be written to {sink.output_dir}: "
+            f"{exc.strerror or type(exc).__name__}; {where}{_ELSEWHERE}",
+            provider=sink.provider,
+            code="write_failed",
+            task_id=provider_task_id,
+        ) from None
     if ledger is not None:
         await asyncio.to_thread(
             ledger.image_saved,
@@ -92,3 +115,20 @@ async def save_image(
             url_expires_at=url_expires_at,
         )
     return image
+
+
+_ELSEWHERE = " (`imagerouter resume --output-dir DIR` saves it elsewhere)"
+
+
+def _reason(message: str) -> str:
+    """download.py's message up to where it names the result URL (which is dropped)."""
+    head, _, _ = message.partition(". It is still at ")
+    return head
+
+
+def _where(provider: str, task: str, index: int, expires: datetime | None) -> str:
+    until = f" until {expires.isoformat()}" if expires is not None else " while it keeps it"
+    return (
+        f"the job is done and paid, and the image stays at {provider} (task {task}, image "
+        f"{index + 1}){until}: `imagerouter resume` downloads it"
+    )

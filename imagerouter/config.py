@@ -21,23 +21,29 @@ from collections.abc import Collection, Mapping
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 from pydantic import field_validator as _field_validator
 
+from .bounded import FileReadError, read_bounded
 from .errors import ConfigError, RequestValidationError
 from .geometry import Resolution
 from .pricing import PriceTable
 from .provider import ProviderSettings
 from .request import Background, ImageRequest, ModelName, OutputFormat, Quality
 from .yamlsource import (
+    MAX_CONFIG_BYTES,
     child_path,
     item_path,
     nearest_line,
     parse_yaml,
     problem_from_validation_error,
 )
+
+if TYPE_CHECKING:
+    from .provider import Provider
+    from .quoting import Entry
 
 __all__ = [
     "BUILTIN_SOURCE",
@@ -144,6 +150,24 @@ class OutputSettings(_Section):
 class DownloadSettings(_Section):
     max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_pixels: int = Field(default=64_000_000, gt=0)
+    # Hosts result images may come from besides each provider's documented ones (`*.cdn.com`
+    # for subdomains). Private, loopback and link-local addresses are refused all the same.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @_field_validator("allowed_hosts")
+    @classmethod
+    def _plain_hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for host in value:
+            host = host.strip().lower().rstrip(".")
+            bare = host.removeprefix("*.")
+            if not bare or "*" in bare or any(c in bare for c in "/:?#@ []"):
+                raise ValueError(
+                    f"{host!r} is not a host name: use e.g. cdn.example.com or *.example.com "
+                    "(no scheme, port or path)"
+                )
+            out.append(host)
+        return out
 
 
 class GatewaySettings(_Section):
@@ -159,6 +183,16 @@ class GatewaySettings(_Section):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     response_format_default: Literal["b64_json", "url"] = "b64_json"
     output_dir: Path | None = None  # None: output.dir
+    # Browser origins (`https://app.example.com`) allowed to call the gateway cross-origin;
+    # any other Origin is refused (403), since loopback is reachable from every web page.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Host header values accepted besides the address served (DNS rebinding guard):
+    # `img.example.com`, `img.example.com:443`, `*.example.com`, or `*` for any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Request body bytes held at once across all requests; past it new bodies get a 503.
+    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)  # connection open -> headers complete
+    body_timeout_s: float = Field(default=60.0, gt=0)  # headers complete -> body complete
 
     _expand = _field_validator("output_dir")(_expand_user)
 
@@ -187,6 +221,36 @@ class GatewaySettings(_Section):
             if not text or text != text.strip() or any(c.isspace() for c in text):
                 raise ValueError("a gateway key must be non-empty and contain no spaces")
         return value
+
+    @_field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            origin = origin.strip().rstrip("/").lower()
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (scheme not in ("http", "https") or not sep or not rest
+                                  or "/" in rest or "?" in rest or "#" in rest):
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port], e.g. "
+                    "https://app.example.com, or *"
+                )
+            out.append(origin)
+        return out
+
+    @_field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for host in value:
+            host = host.strip().lower()
+            if not host or any(c in host for c in "/?#@ "):
+                raise ValueError(
+                    f"{host!r} is not a host: use a name or address with an optional port, "
+                    "e.g. img.example.com, img.example.com:8443, *.example.com, or *"
+                )
+            out.append(host)
+        return out
 
     @_field_validator("public_base_url")
     @classmethod
@@ -241,7 +305,32 @@ class Config(_Section):
                             f"{item_path(child_path('tiers', tier), index)}.provider",
                             f"{variant.provider!r} is not a known provider; known: {names}",
                         )
+            if isinstance(known, Mapping):
+                self._check_tier_sizes(known)
         self._check_default_tier()
+
+    def _check_tier_sizes(self, providers: Mapping[str, Provider]) -> None:
+        """A variant's size must be one its provider can make with its model. The provider is
+        asked (`offers()` is pure) with and without the variant's size fields, so a variant
+        is refused here only when its size is what rules it out."""
+        from .quoting import Catalog  # quoting reads Config: imported late, not at load
+
+        catalog = Catalog.build(providers, self)
+        for tier, variants in self.tiers.items():
+            for index, variant in enumerate(variants):
+                entry = catalog.entries.get(variant.provider)
+                fields = variant.overrides()
+                sized = [key for key in ("size", "aspect_ratio", "resolution") if key in fields]
+                if entry is None or not sized:
+                    continue
+                refusal = _refusal(entry, fields)
+                rest = {key: value for key, value in fields.items() if key not in sized}
+                if refusal is None or _refusal(entry, rest) is not None:
+                    continue
+                raise self.error(
+                    f"{item_path(child_path('tiers', tier), index)}.{sized[0]}",
+                    f"{variant.provider} cannot make this size with {variant.model}: {refusal}",
+                )
 
     def locate(self, key_path: str) -> int | None:
         """The line of a key path such as `tiers.draft[0].provider`, when it came from a file."""
@@ -276,6 +365,21 @@ class Config(_Section):
             raise self.error(
                 "default_tier", f"{self.default_tier!r} is not one of the tiers: {tiers}"
             )
+
+
+def _refusal(entry: Entry, fields: Mapping[str, Any]) -> str | None:
+    """Why `entry`'s provider offers nothing eligible for a request of these fields (None:
+    it can serve it, or the question cannot be answered here)."""
+    try:
+        request = ImageRequest.build(prompt="tier check", **fields)
+        offers = entry.provider.offers(
+            request, prices=entry.prices, capabilities=entry.capabilities
+        )
+    except Exception:  # a plugin error is reported when it is used, not at load
+        return None
+    if not offers or any(offer.eligible for offer in offers):
+        return None
+    return offers[0].reason or "no offer"
 
 
 def _key_digest(key: SecretStr | None) -> str | None:
@@ -329,14 +433,26 @@ def _builtin_text() -> str:
 
 
 def _read(path: Path) -> str:
+    # Capped like every input: `--config /dev/zero` must fail at once, not fill memory.
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError("the config file does not exist", file=str(path)) from None
+        data = read_bounded(path, MAX_CONFIG_BYTES)
+    except FileReadError as exc:
+        if exc.reason == "missing":
+            message = "the config file does not exist"
+        elif exc.reason == "too_large":
+            message = (
+                f"the config file is over the limit of {MAX_CONFIG_BYTES // 1024} KiB "
+                f"({MAX_CONFIG_BYTES:,} bytes); no real config comes near it"
+            )
+        elif exc.reason == "not_regular":
+            message = f"the config path {exc}"
+        else:
+            message = f"the config file {exc}"
+        raise ConfigError(message, file=str(path)) from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError("the config file is not UTF-8 text", file=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file: {exc.strerror}", file=str(path)) from None
 
 
 def _from_data(

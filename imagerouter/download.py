@@ -25,7 +25,9 @@ from PIL import Image
 
 from .errors import DownloadFailedError
 from .inputs import EXTENSIONS, ImageCheckError, check_magic, decode_image, human_bytes
+from .outputs import file_mode
 from .result import SavedImage
+from .urls import HostPolicy, strip_credentials
 
 __all__ = ["MAX_REDIRECTS", "RETRYABLE_CODES", "download_image", "is_retryable"]
 
@@ -66,7 +68,7 @@ class _Failure:
     """Builds the DownloadFailedError for one download, always naming where the image is."""
 
     def __init__(self, url: str, provider: str, expires_at: datetime | None) -> None:
-        self.url = url
+        self.url = strip_credentials(url)  # the message is logged and stored
         self.provider = provider
         self.expires_at = expires_at
 
@@ -110,6 +112,7 @@ async def _fetch(
     fail: _Failure,
     dest_dir: Path,
     stem: str,
+    hosts: HostPolicy | None,
 ) -> _Fetched:
     try:
         current = httpx.URL(url)
@@ -120,6 +123,7 @@ async def _fetch(
             f"only http(s) URLs are downloaded, not {current.scheme or 'scheme-less'} URLs",
             code="bad_url",
         )
+    await _check_host(hosts, current, fail)
     origin = _origin(current)
     send_headers = dict(headers or {})
     for hop in range(MAX_REDIRECTS + 1):
@@ -137,6 +141,7 @@ async def _fetch(
                             "which is not http(s)",
                             code="bad_url",
                         )
+                    await _check_host(hosts, target, fail)
                     if _origin(target) != origin:
                         # Our headers may hold the provider's key: never send them elsewhere.
                         send_headers = {}
@@ -157,6 +162,15 @@ async def _fetch(
         except httpx.InvalidURL as exc:
             raise fail(f"a redirect led to an invalid URL ({exc})", code="bad_url") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _check_host(hosts: HostPolicy | None, url: httpx.URL, fail: _Failure) -> None:
+    # Every hop is checked, so a redirect cannot lead an allowed host to an internal one.
+    # (httpx resolves the name again to connect: a DNS answer that changes in between is not
+    # caught here; the allowlist of provider domains is the first line.)
+    refusal = await hosts.refusal_after_lookup(str(url)) if hosts is not None else None
+    if refusal is not None:
+        raise fail(f"refused to fetch it: {refusal}", code="host_not_allowed")
 
 
 async def _stream_to_temp(
@@ -249,6 +263,8 @@ def _durable_replace(temp: Path, path: Path) -> None:
     try:
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
+        if os.name != "nt":
+            os.chmod(temp, file_mode())
         os.replace(temp, path)
     except BaseException:
         _discard(temp)
@@ -298,7 +314,7 @@ def _save(
                 height=height,
                 format=fmt,
                 sha256=fetched.sha256,
-                source_url=url,
+                source_url=strip_credentials(url),
                 size_bytes=fetched.size,
             )
         assert target is not None
@@ -319,7 +335,7 @@ def _save(
         height=height,
         format=target,
         sha256=hashlib.sha256(out_data).hexdigest(),
-        source_url=url,
+        source_url=strip_credentials(url),
         size_bytes=len(out_data),
         converted_from=fmt,
     )
@@ -337,6 +353,7 @@ async def download_image(
     convert_to: str | None = None,
     headers: Mapping[str, str] | None = None,
     url_expires_at: datetime | None = None,
+    hosts: HostPolicy | None = None,
 ) -> SavedImage:
     """Download `url` to `dest_dir/{stem}.{ext}` and return what was saved.
 
@@ -344,13 +361,15 @@ async def download_image(
     (png/jpeg/webp) re-encodes locally when the provider sent another format. Every failure
     raises DownloadFailedError (accepted="yes", `code` says which check failed; see
     `is_retryable`), whose message names the URL the image can still be fetched from.
+    `hosts` limits which hosts are fetched, the first URL and every redirect (None: the
+    caller vouches for the URL; the router always passes the provider's policy).
     """
     target = _normalize_format(convert_to)
     if not stem or stem in (".", "..") or Path(stem).name != stem:
         raise ValueError(f"stem must be a plain file name without directories, not {stem!r}")
     fail = _Failure(url, provider, url_expires_at)
     dest = Path(dest_dir)
-    fetched = await _fetch(http, url, headers, max_bytes, fail, dest, stem)
+    fetched = await _fetch(http, url, headers, max_bytes, fail, dest, stem, hosts)
     # Checking, converting and fsyncing take milliseconds: keep them off the event loop.
     try:
         return await asyncio.to_thread(_save, fetched, url, dest, stem, max_pixels, target, fail)

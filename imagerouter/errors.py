@@ -106,9 +106,10 @@ class MissingApiKeyError(ImageRouterError):
     def __init__(self, provider: str, env_var: str) -> None:
         self.provider = provider
         self.env_var = env_var
+        # No CLI flags here: the Python API has none. The CLI adds the hint that fits.
         super().__init__(
             f"{provider}: no API key. Set {env_var} (or providers.{provider}.api_key in the "
-            "config), or add --emulate to run against the local emulators."
+            "config)."
         )
 
 

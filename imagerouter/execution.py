@@ -12,7 +12,9 @@ The router (router.py) decides what to do with the errors raised here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,18 +33,21 @@ from .errors import (
     InvalidRequestError,
     JobFailedError,
     JobTimedOutError,
+    MalformedResponseError,
     ProviderError,
     ProviderUnavailableError,
     SubmissionUnknownError,
 )
 from .polling import PollSchedule
 from .provider import Submission, TaskSpec, TaskStatus
+from .reconcile import WATCH_NOTE, spec_of
 
 if TYPE_CHECKING:
     from .ledger import Ledger
     from .offers import Offer
     from .provider import LoadedImage, Provider, ProviderClient, ProviderSettings
     from .result import SavedImage
+    from .urls import HostPolicy
 
 __all__ = ["OfferOutcome", "Progress", "RunContext", "run_offer"]
 
@@ -50,7 +55,7 @@ log = logging.getLogger("imagerouter.execution")
 
 CREATE_REPLAYS = 3  # same-key replays of a create whose answer was lost
 RECONCILE_LOOKUPS = 2  # lookups by task id before a lost create counts as "not created"
-FATAL_POLL_ERRORS = 3  # consecutive 401/403/404 on a poll before the task is given up
+FATAL_POLL_ERRORS = 3  # consecutive 401/403/404/unreadable polls before the task is given up
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Progress:
     tasks: int
     state: str
     elapsed_s: float
+    # The create was answered from a same-key replay (the first answer was lost): one task.
+    replayed: bool = False
 
 
 @dataclass
@@ -83,16 +90,19 @@ class RunContext:
     schedule: PollSchedule
     on_unknown: str = "reconcile"
     on_deadline: str = "fail"
+    # Images the request already has: this attempt's are numbered from image_offset + 1.
     image_offset: int = 0
     progress: Callable[[Progress], None] | None = None
     # Provider callbacks (webhooks) go here when the user configured a public base URL;
     # a callback only wakes the poll loop early, it is never trusted on its own.
     callback_url: str | None = None
     waiters: dict[tuple[str, str], asyncio.Event] | None = None
+    download_hosts: HostPolicy | None = None  # the provider's result-image hosts
 
 
 @dataclass
 class TaskOutcome:
+    task_id: str
     provider_task_id: str
     images: list[SavedImage]
     billed_usd: Decimal | None
@@ -130,21 +140,47 @@ async def run_offer(
     )
     outcome = OfferOutcome()
     latencies = []
+    delivered: list[tuple[str, int, SavedImage]] = []
     for result in results:
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
                 raise result  # cancellation and the like
             outcome.errors.append(result)
             continue
-        outcome.images.extend(result.images)
+        delivered.extend((result.task_id, pos, image) for pos, image in enumerate(result.images))
         outcome.task_ids.append(result.provider_task_id)
         latencies.append(result.latency_s)
         if result.billed_usd is not None:
             outcome.billed_usd = (outcome.billed_usd or Decimal(0)) + result.billed_usd
-    outcome.images.sort(key=lambda image: image.path.name)
+    outcome.images = await _number(ctx, delivered)
     if latencies:
         outcome.latency_s = max(latencies)
     return outcome
+
+
+async def _number(
+    ctx: RunContext, delivered: list[tuple[str, int, SavedImage]]
+) -> list[SavedImage]:
+    """Give the attempt's images the request's next numbers, 1..n in task order.
+
+    Each task saved under provisional numbers (its place in the offer), so a task that
+    failed leaves a gap; closing the gaps here keeps a request's files numbered 1..n however
+    many attempts and failed tasks it took. Images are moved in ascending order and every
+    target number is at most the source's, so a move never lands on a file not yet moved."""
+    numbered = []
+    for rank, (task_id, position, image) in enumerate(delivered):
+        target = image.path.with_name(
+            f"{ctx.request_id}-{ctx.image_offset + rank + 1}{image.path.suffix}"
+        )
+        if target != image.path:
+            await asyncio.to_thread(os.replace, image.path, target)
+            if ctx.ledger is not None:
+                await asyncio.to_thread(
+                    ctx.ledger.image_moved, task_id, index=position, path=str(target)
+                )
+            image = dataclasses.replace(image, path=target)
+        numbered.append(image)
+    return numbered
 
 
 async def _as_url(ctx: RunContext, item: LoadedImage | str) -> str:
@@ -190,11 +226,16 @@ async def _run_task(
             idempotency_key=task.idempotency_key,
             num_images=count,
             quoted_usd=per_image * count,
+            spec=spec_of(task, first_image=ctx.image_offset + offset + 1),
         )
     started = ctx.clock()
     try:
         submission = await _create(ctx, offer, task)
     except ProviderError as exc:
+        if exc.accepted == "unknown" and ctx.ledger is not None:
+            # Possibly billed: say that it is not forgotten.
+            exc.message = f"{exc.message}; {WATCH_NOTE}"
+            exc.args = (exc._render(),)
         if ctx.ledger is not None:
             state = "unknown" if exc.accepted == "unknown" else "not_sent"
             await asyncio.to_thread(
@@ -214,7 +255,7 @@ async def _run_task(
             replayed=submission.replayed,
             billed_usd=submission.billed_usd,
         )
-    _note(ctx, index, len(offer.batches), submission.state.value, started)
+    _note(ctx, index, len(offer.batches), submission.state.value, started, submission.replayed)
     try:
         status = await _poll(ctx, offer, submission, task, index, started)
     except JobFailedError as exc:
@@ -246,11 +287,11 @@ async def _run_task(
             image_urls=status.image_urls,
             urls_expire_at=status.urls_expire_at,
         )
-    images = await _collect(ctx, offer, task_id, status, offset)
+    images = await _collect(ctx, offer, task_id, submission.task_id, status, offset)
     if ctx.ledger is not None:
         await asyncio.to_thread(ctx.ledger.task_finished, task_id, state="collected")
     billed = status.billed_usd if status.billed_usd is not None else submission.billed_usd
-    return TaskOutcome(submission.task_id, images, billed, latency)
+    return TaskOutcome(task_id, submission.task_id, images, billed, latency)
 
 
 def _lost_answer(exc: BaseException) -> bool:
@@ -401,12 +442,19 @@ async def _wait(ctx: RunContext, delay: float, nudge: asyncio.Event | None) -> N
 async def _poll_once(
     ctx: RunContext, submission: Submission, fatal_streak: int
 ) -> tuple[TaskStatus | None, int]:
-    """One GET. Transient errors give (None, 0); auth/not-found ones count toward giving up."""
+    """One GET. Transient errors give (None, 0); auth/not-found ones and unreadable answers
+    count toward giving up."""
     try:
         return await ctx.client.get(submission.poll_ref), 0
-    except (AuthenticationError, InvalidRequestError) as exc:
+    except (AuthenticationError, InvalidRequestError, MalformedResponseError) as exc:
+        # An unreadable 200 does not get better by waiting (a provider bug, a proxy's error
+        # page); waiting it out would last until poll_deadline (15 minutes by default). The
+        # task stays accepted in the ledger, so `resume` can collect it once answers are sane.
         if fatal_streak + 1 >= FATAL_POLL_ERRORS:
-            raise _with_task(exc, submission) from exc
+            # The same exception, annotated: `from exc` would make it its own cause, a
+            # cycle that anything walking the chain (loggers, reporters) never leaves.
+            _with_task(exc, submission)
+            raise
         return None, fatal_streak + 1
     except ProviderError as exc:
         log.info("poll of %s failed, will retry: %s", submission.task_id, exc)
@@ -420,7 +468,12 @@ def _with_task(exc: ProviderError, submission: Submission) -> ProviderError:
 
 
 async def _collect(
-    ctx: RunContext, offer: Offer, task_id: str, status: TaskStatus, offset: int
+    ctx: RunContext,
+    offer: Offer,
+    task_id: str,
+    provider_task_id: str,
+    status: TaskStatus,
+    offset: int,
 ) -> list[SavedImage]:
     if not status.image_urls:
         raise DownloadFailedError(
@@ -436,6 +489,7 @@ async def _collect(
         max_pixels=ctx.max_pixels,
         headers=ctx.client.auth_headers(),
         sleep=ctx.sleep,
+        hosts=ctx.download_hosts,
     )
     saved = []
     for position, url in enumerate(status.image_urls):
@@ -449,11 +503,15 @@ async def _collect(
             stem=f"{ctx.request_id}-{number}",
             convert_to=offer.convert_to,
             url_expires_at=status.urls_expire_at,
+            provider_task_id=provider_task_id,
         )
         saved.append(image)
     return saved
 
 
-def _note(ctx: RunContext, index: int, tasks: int, state: str, started: float) -> None:
+def _note(
+    ctx: RunContext, index: int, tasks: int, state: str, started: float, replayed: bool = False
+) -> None:
     if ctx.progress is not None:
-        ctx.progress(Progress(ctx.provider.name, index, tasks, state, ctx.clock() - started))
+        elapsed = ctx.clock() - started
+        ctx.progress(Progress(ctx.provider.name, index, tasks, state, elapsed, replayed))

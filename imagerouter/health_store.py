@@ -135,6 +135,18 @@ class BackendStats:
     retry_in_s: float | None
     reason: str | None
 
+    @property
+    def provider(self) -> str:
+        return self.key[0]
+
+    @property
+    def model(self) -> str:
+        return self.key[1]
+
+    @property
+    def operation(self) -> str:
+        return self.key[2]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, for `imagerouter health --json`."""
         provider, model, operation = self.key

@@ -1,9 +1,11 @@
 """Edit inputs: read an image from a path or bytes and check it before anything is paid for.
 
-Checks, cheapest first: the size cap, the magic bytes (PNG, JPEG or WebP only; the file name
+Checks, cheapest first: a path must be a regular file and is read with a byte cap (bounded.py:
+`/dev/zero` and FIFOs claim size 0), the magic bytes (PNG, JPEG or WebP only; the file name
 and any Content-Type are not trusted), then a full Pillow decode under a pixel limit, so a
 truncated file or a decompression bomb fails here with a clear message instead of at the
-provider. URLs are not read here: the caller passes them through to the provider.
+provider. `check_mask` then holds a mask to its image's size. URLs are not read here: the
+caller passes them through to the provider.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from .bounded import FileReadError, read_bounded
 from .errors import InputImageError
 from .provider import LoadedImage
 from .request import ImageInput
@@ -26,6 +30,7 @@ __all__ = [
     "ImageCheckError",
     "ImageFormat",
     "check_magic",
+    "check_mask",
     "decode_image",
     "human_bytes",
     "load_input",
@@ -160,20 +165,20 @@ def _filename(image: ImageInput, fmt: str) -> str:
 
 
 def _read_path(path: Path, name: str, max_bytes: int) -> bytes:
-    if path.is_dir():
-        raise InputImageError(name, "is a directory, not an image file")
+    # A capped read of a regular file only: /dev/zero or a FIFO report size 0 and never end.
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputImageError(name, "file not found") from None
-    except OSError as exc:
-        raise InputImageError(name, f"cannot be read: {exc.strerror or exc}") from None
-    if size > max_bytes:
-        raise InputImageError(name, _too_big(size, max_bytes))
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputImageError(name, f"cannot be read: {exc.strerror or exc}") from None
+        return read_bounded(path, max_bytes)
+    except FileReadError as exc:
+        if exc.reason == "too_large":
+            detail = (
+                _too_big(exc.size, max_bytes)
+                if exc.size is not None
+                else f"is over the limit of {human_bytes(max_bytes)} ({max_bytes:,} bytes)"
+            )
+            raise InputImageError(name, detail) from None
+        if exc.reason == "not_regular":
+            raise InputImageError(name, f"{exc}; give an image file") from None
+        raise InputImageError(name, str(exc)) from None
 
 
 def _too_big(size: int, max_bytes: int) -> str:
@@ -216,3 +221,18 @@ def load_input(image: ImageInput, *, max_bytes: int, max_pixels: int = 64_000_00
         width=width,
         height=height,
     )
+
+
+def check_mask(images: Sequence[LoadedImage | str], mask: LoadedImage | str | None) -> None:
+    """InputImageError if a local mask is not the size of the first image, which it masks
+    (providers refuse it only after the job is paid for, or edit the wrong region). URL
+    inputs are not read here, so a URL on either side is left to the provider."""
+    if mask is None or isinstance(mask, str) or not images or isinstance(images[0], str):
+        return
+    first = images[0]
+    if (mask.width, mask.height) != (first.width, first.height):
+        raise InputImageError(
+            mask.name,
+            f"the mask is {mask.width}x{mask.height} but the image it masks ({first.name}) is "
+            f"{first.width}x{first.height}; a mask must be the same size as the first image",
+        )

@@ -8,7 +8,9 @@ what may have been paid for; `uncollected()` lists accepted jobs whose images ne
 disk so `imagerouter resume` can fetch them while their URLs live.
 
 Durability: WAL journal with `synchronous=FULL`, so a write that returned survives a kill or
-power loss. Each write is one committed `BEGIN IMMEDIATE` transaction. One connection per
+power loss. Each write is a savepoint of a committed `BEGIN IMMEDIATE` transaction; writes
+from threads arriving together share one transaction and one fsync (group commit,
+`ledger_commit.py`), and each returns only once its transaction is committed. One connection per
 `Ledger`, guarded by a lock, so threads may share a `Ledger`; other `Ledger` objects and other
 processes may open the same file (SQLite's locks plus a busy timeout serialize them).
 
@@ -20,28 +22,73 @@ Schema and states: docs/ledger.md. Read queries: `ledger_reports.py`.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from . import ledger_reports as reports
 from .errors import BudgetExceededError
-from .ledger_reports import HistoryRow, SpendRow, UncollectedTask, iso, money_text
+from .ledger_commit import GroupCommit
+from .ledger_reports import (
+    HistoryRow,
+    SpendRow,
+    UncollectedTask,
+    iso,
+    money_text,
+    parse_iso,
+    parse_money,
+)
 from .migrations import migrate
 
 __all__ = [
     "FINISHED_TASK_STATES",
     "HistoryRow",
     "Ledger",
+    "OpenRequest",
+    "PaidTask",
+    "RequestStatus",
     "SpendRow",
+    "TaskRecordState",
     "UncollectedTask",
+    "UnknownTask",
 ]
+
+
+class RequestStatus(StrEnum):
+    """A logical request's status in the ledger."""
+
+    RUNNING = "running"
+    SERVED = "served"
+    FAILED = "failed"
+    # Stopped before it finished (Ctrl-C, cancellation, or its process died): its accepted
+    # tasks may still be running at the provider, and `resume` collects them.
+    INTERRUPTED = "interrupted"
+
+
+class TaskRecordState(StrEnum):
+    """A paid task's state in the ledger (the provider's job states, plus our own)."""
+
+    SUBMITTING = "submitting"  # written before the create is sent
+    ACCEPTED = "accepted"  # the provider answered with its task id
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial_succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMED_OUT = "timed_out"  # still running at the poll deadline; resume collects it
+    # The create got no answer and nothing settled whether the task exists: possibly billed,
+    # and reconciled by the provider's own means until it is found or proven absent.
+    UNKNOWN = "unknown"
+    NOT_SENT = "not_sent"  # proven never created
+    COLLECTED = "collected"  # every image on disk
 
 FINISHED_TASK_STATES = frozenset(
     {
@@ -56,6 +103,55 @@ FINISHED_TASK_STATES = frozenset(
     }
 )
 _BUSY_TIMEOUT_S = 30.0
+# Task states whose cost is not spent (nothing billed), whatever else the row says.
+_UNBILLED_STATES = ("failed", "canceled", "not_sent")
+
+
+@dataclass(frozen=True)
+class UnknownTask:
+    """A task whose create may have reached the provider but whose provider id we lack."""
+
+    task_id: str
+    request_id: str
+    attempt_id: str
+    provider: str
+    model: str
+    operation: str
+    idempotency_key: str
+    num_images: int
+    quoted_usd: Decimal
+    state: str
+    spec: Mapping[str, Any] | None  # the create as sent (None: recorded before m003)
+    output_dir: str
+    output_format: str
+    request_status: str
+    owner_pid: int | None
+    created_at: datetime
+    checks: int
+    checked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PaidTask:
+    """A task whose cost counts, as an interruption report names it: accepted (with the
+    provider's task id) or `unknown` (provider_task_id "")."""
+
+    task_id: str
+    provider: str
+    provider_task_id: str
+    quoted_usd: Decimal
+    state: str
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """A request not yet closed (`running`), or closed without every task settled."""
+
+    request_id: str
+    status: str
+    owner_pid: int | None
+    num_images: int
+    saved_images: int
 
 
 def _utc_now() -> datetime:
@@ -92,6 +188,7 @@ class Ledger:
         except BaseException:
             self._conn.close()
             raise
+        self._writes = GroupCommit(self._conn, self._lock)
 
     def __enter__(self) -> Ledger:
         return self
@@ -104,6 +201,7 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
+            self._writes.flush()
             self._conn.close()
 
     def _stamp(self) -> str:
@@ -111,16 +209,10 @@ class Ledger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One immediate (write-locked) transaction, committed on success."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        """One write, all or nothing, durable when the block has returned (its transaction
+        may carry other threads' writes too: see ledger_commit.py)."""
+        with self._writes.write() as conn:
+            yield conn
 
     def _update(self, what: str, key: str, sql: str, params: Sequence[Any]) -> None:
         with self._tx() as conn:
@@ -140,16 +232,19 @@ class Ledger:
         request: Mapping[str, Any],
         output_dir: str,
         quoted_usd: Decimal | None,
+        owner_pid: int | None = None,
     ) -> None:
-        """Record a logical request (status `running`). `request` must be secret-free."""
+        """Record a logical request (status `running`). `request` must be secret-free.
+        `owner_pid` (default: this process) lets `resume` tell a live request from a dead one."""
         now = self._stamp()
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO requests (id, created_at, updated_at, status, operation, model,"
-                " tier, prompt, request_json, output_dir, quoted_usd)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                " tier, prompt, request_json, output_dir, quoted_usd, owner_pid)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request_id, now, now, operation, model, tier, prompt, _json(dict(request)),
-                 output_dir, money_text(quoted_usd)),
+                 output_dir, money_text(quoted_usd),
+                 os.getpid() if owner_pid is None else owner_pid),
             )
 
     def begin_attempt(
@@ -187,16 +282,20 @@ class Ledger:
         idempotency_key: str,
         num_images: int,
         quoted_usd: Decimal,
+        spec: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a paid create call. Must return before the create is sent."""
+        """Record a paid create call. Must return before the create is sent. `spec` is the
+        create as sent (secret-free), kept so a lost create can be reconciled later."""
         now = self._stamp()
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO tasks (id, attempt_id, request_id, provider, model, operation,"
-                " idempotency_key, num_images, quoted_usd, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitting', ?, ?)",
+                " idempotency_key, num_images, quoted_usd, state, created_at, updated_at,"
+                " spec_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitting', ?, ?, ?)",
                 (task_id, attempt_id, request_id, provider, model, operation, idempotency_key,
-                 num_images, money_text(quoted_usd), now, now),
+                 num_images, money_text(quoted_usd), now, now,
+                 None if spec is None else _json(dict(spec))),
             )
 
     def task_accepted(
@@ -310,8 +409,10 @@ class Ledger:
         error: str | None = None,
         elapsed_s: float | None = None,
     ) -> None:
-        if status not in ("served", "failed"):
-            raise ValueError(f"request status must be served or failed, not {status!r}")
+        if status not in (RequestStatus.SERVED, RequestStatus.FAILED, RequestStatus.INTERRUPTED):
+            raise ValueError(
+                f"request status must be served, failed or interrupted, not {status!r}"
+            )
         now = self._stamp()
         self._update(
             "request", request_id,
@@ -321,6 +422,258 @@ class Ledger:
             (status, provider, model, money_text(cost_usd), money_text(billed_usd), error,
              elapsed_s, now, now, request_id),
         )
+
+    def image_moved(self, task_id: str, *, index: int, path: str) -> None:
+        """An image saved under a provisional name was renamed to its place in the request's
+        numbering (1..n in order)."""
+        self._update(
+            "image", f"{task_id}#{index}",
+            "UPDATE images SET path = ? WHERE task_id = ? AND idx = ?", (path, task_id, index),
+        )
+
+    def task_checked(self, task_id: str, *, error: str | None = None) -> None:
+        """A reconciliation look-up of an unknown task answered nothing conclusive."""
+        now = self._stamp()
+        self._update(
+            "task", task_id,
+            "UPDATE tasks SET checks = checks + 1, checked_at = ?, error = COALESCE(?, error),"
+            " updated_at = ? WHERE id = ?",
+            (now, error, now, task_id),
+        )
+
+    def interrupt_request(
+        self, request_id: str, *, error: str, elapsed_s: float | None = None
+    ) -> list[PaidTask]:
+        """The request stopped before it finished (Ctrl-C, a cancelled job, a dead process).
+
+        Tasks whose create was under way become `unknown` (possibly billed, reconciled
+        later); the request is recorded `interrupted` with the cost of its accepted tasks.
+        Returns the accepted tasks whose images are not all on disk (paid, and for all we
+        know still running at the provider: `resume` collects them), then the unknown ones
+        (state `unknown`, no provider task id: `resume` looks them up).
+        """
+        now = self._stamp()
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE tasks SET state = 'unknown', possibly_billed = 1,"
+                " error = COALESCE(error, 'interrupted while the create was being sent'),"
+                " updated_at = ? WHERE request_id = ? AND state = 'submitting'",
+                (now, request_id),
+            )
+            rows = conn.execute(
+                "SELECT t.*, (SELECT COUNT(*) FROM images i WHERE i.task_id = t.id) AS saved"
+                " FROM tasks t WHERE t.request_id = ? ORDER BY t.created_at, t.rowid",
+                (request_id,),
+            ).fetchall()
+            accepted = [
+                row for row in rows
+                if row["provider_task_id"] is not None and row["state"] not in _UNBILLED_STATES
+            ]
+            cost = sum((_task_cost(row) for row in accepted), start=Decimal(0))
+            billed = [parse_money(row["billed_usd"]) for row in accepted]
+            billed_total = (
+                sum((b for b in billed if b is not None), start=Decimal(0))
+                if any(b is not None for b in billed)
+                else None
+            )
+            changed = conn.execute(
+                "UPDATE requests SET status = 'interrupted', cost_usd = ?, billed_usd = ?,"
+                " error = ?, elapsed_s = COALESCE(?, elapsed_s),"
+                " finished_at = COALESCE(finished_at, ?), updated_at = ? WHERE id = ?",
+                (money_text(cost), money_text(billed_total), error, elapsed_s, now, now,
+                 request_id),
+            ).rowcount
+            if changed != 1:
+                raise KeyError(f"no request {request_id!r} in the ledger")
+        still_out = [
+            row for row in accepted
+            if row["state"] != "collected" and row["saved"] < row["num_images"]
+        ]
+        unknown = [
+            row for row in rows if row["provider_task_id"] is None and row["state"] == "unknown"
+        ]
+        return [
+            PaidTask(
+                task_id=row["id"],
+                provider=row["provider"],
+                provider_task_id=row["provider_task_id"] or "",
+                quoted_usd=Decimal(row["quoted_usd"]),
+                state=row["state"],
+            )
+            for row in (*still_out, *unknown)
+        ]
+
+    def close_request(self, request_id: str, *, error: str) -> None:
+        """Close a request whose process died while it ran: `interrupted`, with the cost of
+        every task that counts as spent (accepted, or possibly billed)."""
+        now = self._stamp()
+        with self._tx() as conn:
+            rows = conn.execute("SELECT * FROM tasks WHERE request_id = ?", (request_id,))
+            cost = sum((_task_cost(row) for row in rows), start=Decimal(0))
+            self_changed = conn.execute(
+                "UPDATE requests SET status = 'interrupted', cost_usd = ?,"
+                " error = COALESCE(error, ?), finished_at = COALESCE(finished_at, ?),"
+                " updated_at = ? WHERE id = ? AND status = 'running'",
+                (money_text(cost), error, now, now, request_id),
+            ).rowcount
+            if self_changed != 1:
+                raise KeyError(f"no running request {request_id!r} in the ledger")
+
+    def settle_reservations(self, request_id: str, *, resettle: bool = False) -> int:
+        """Settle (or release) a request's open reservations from what its tasks cost: an
+        attempt's reservation gets that attempt's spend; one made before its attempt was
+        recorded (a kill in between) gets whatever the others do not cover. With `resettle`,
+        settled ones are recomputed too (a late truth, e.g. an unknown task found absent).
+        Returns how many changed."""
+        now = self._stamp()
+        changed = 0
+        with self._tx() as conn:
+            reservations = conn.execute(
+                "SELECT * FROM reservations WHERE request_id = ? ORDER BY created_at, rowid",
+                (request_id,),
+            ).fetchall()
+            tasks = conn.execute(
+                "SELECT * FROM tasks WHERE request_id = ?", (request_id,)
+            ).fetchall()
+            by_attempt: dict[str, Decimal] = {}
+            for task in tasks:
+                by_attempt[task["attempt_id"]] = by_attempt.get(
+                    task["attempt_id"], Decimal(0)
+                ) + _task_cost(task)
+            linked = {r["attempt_id"] for r in reservations if r["attempt_id"] is not None}
+            unlinked = sum(
+                (cost for attempt, cost in by_attempt.items() if attempt not in linked),
+                start=Decimal(0),
+            )
+            for r in reservations:
+                if r["state"] == "released" or (r["state"] == "settled" and not resettle):
+                    continue
+                if r["attempt_id"] is not None:
+                    amount = by_attempt.get(r["attempt_id"], Decimal(0))
+                else:
+                    amount, unlinked = unlinked, Decimal(0)
+                if r["state"] == "open" and amount == 0:
+                    conn.execute(
+                        "UPDATE reservations SET state = 'released', closed_at = ? WHERE id = ?",
+                        (now, r["id"]),
+                    )
+                    changed += 1
+                elif r["state"] == "open" or parse_money(r["settled_usd"]) != amount:
+                    conn.execute(
+                        "UPDATE reservations SET state = 'settled', settled_usd = ?,"
+                        " closed_at = ? WHERE id = ?",
+                        (money_text(amount), now, r["id"]),
+                    )
+                    changed += 1
+        return changed
+
+    # --- reads --------------------------------------------------------------------------
+
+    def unknown_tasks(
+        self, *, provider: str | None = None, limit: int | None = None
+    ) -> list[UnknownTask]:
+        """Tasks whose create may have reached the provider without us learning its id
+        (`unknown`, or `submitting` left by a dead process), least recently checked first."""
+        sql = (
+            "SELECT t.*, r.output_dir, r.request_json, r.status AS request_status,"
+            " r.owner_pid FROM tasks t JOIN requests r ON r.id = t.request_id"
+            " WHERE t.provider_task_id IS NULL AND t.state IN ('unknown', 'submitting')"
+        )
+        params: list[Any] = []
+        if provider is not None:
+            sql += " AND t.provider = ?"
+            params.append(provider)
+        sql += " ORDER BY COALESCE(t.checked_at, ''), t.created_at, t.rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, limit))
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        found = []
+        for row in rows:
+            request = json.loads(row["request_json"])
+            output_format = request.get("output_format") if isinstance(request, dict) else None
+            found.append(
+                UnknownTask(
+                    task_id=row["id"],
+                    request_id=row["request_id"],
+                    attempt_id=row["attempt_id"],
+                    provider=row["provider"],
+                    model=row["model"],
+                    operation=row["operation"],
+                    idempotency_key=row["idempotency_key"],
+                    num_images=row["num_images"],
+                    quoted_usd=Decimal(row["quoted_usd"]),
+                    state=row["state"],
+                    spec=json.loads(row["spec_json"]) if row["spec_json"] else None,
+                    output_dir=row["output_dir"],
+                    output_format=str(output_format or "png"),
+                    request_status=row["request_status"],
+                    owner_pid=row["owner_pid"],
+                    created_at=datetime.fromisoformat(row["created_at"]),
+                    checks=row["checks"],
+                    checked_at=parse_iso(row["checked_at"]),
+                )
+            )
+        return found
+
+    def open_requests(self) -> list[OpenRequest]:
+        """Requests still `running`, or interrupted ones with a reservation still open."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT r.id, r.status, r.owner_pid, r.request_json,"
+                " (SELECT COUNT(*) FROM images i WHERE i.request_id = r.id) AS saved"
+                " FROM requests r WHERE r.status = 'running' OR EXISTS (SELECT 1 FROM"
+                " reservations v WHERE v.request_id = r.id AND v.state = 'open')"
+                " ORDER BY r.created_at, r.rowid"
+            ).fetchall()
+        found = []
+        for row in rows:
+            request = json.loads(row["request_json"])
+            n = request.get("n", 1) if isinstance(request, dict) else 1
+            found.append(
+                OpenRequest(
+                    request_id=row["id"],
+                    status=row["status"],
+                    owner_pid=row["owner_pid"],
+                    num_images=int(n) if isinstance(n, int) else 1,
+                    saved_images=row["saved"],
+                )
+            )
+        return found
+
+    def orphan_reservations(self) -> list[str]:
+        """Request ids of open reservations whose request was never recorded (a kill between
+        the reservation and the request row): nothing was sent for them."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT v.request_id FROM reservations v WHERE v.state = 'open'"
+                " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.id = v.request_id)"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def request_owners(self, request_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+        """(status, owner pid) of each of these requests."""
+        owners: dict[str, tuple[str, int | None]] = {}
+        with self._lock:
+            for request_id in set(request_ids):
+                row = self._conn.execute(
+                    "SELECT status, owner_pid FROM requests WHERE id = ?", (request_id,)
+                ).fetchone()
+                if row is not None:
+                    owners[request_id] = (row["status"], row["owner_pid"])
+        return owners
+
+    def watching(self) -> dict[str, int]:
+        """Per request, how many of its paid tasks are still being reconciled or collected
+        (`resume`, the gateway's sweeper, or a later request to the same backend)."""
+        counts: dict[str, int] = {}
+        for task in self.uncollected():
+            counts[task.request_id] = counts.get(task.request_id, 0) + 1
+        for unknown in self.unknown_tasks():
+            if unknown.state == "unknown":
+                counts[unknown.request_id] = counts.get(unknown.request_id, 0) + 1
+        return counts
 
     # --- reads --------------------------------------------------------------------------
 
@@ -355,6 +708,7 @@ class Ledger:
         request_id: str,
         amount: Decimal,
         limits: Sequence[tuple[str, datetime | None, Decimal]],
+        attempt_id: str | None = None,
     ) -> None:
         """Reserve `amount` if it fits every limit, atomically; else BudgetExceededError.
 
@@ -374,9 +728,9 @@ class Ledger:
                         needed_usd=amount,
                     )
             conn.execute(
-                "INSERT INTO reservations (id, request_id, amount_usd, state, created_at)"
-                " VALUES (?, ?, ?, 'open', ?)",
-                (reservation_id, request_id, money_text(amount), self._stamp()),
+                "INSERT INTO reservations (id, request_id, amount_usd, state, created_at,"
+                " attempt_id) VALUES (?, ?, ?, 'open', ?, ?)",
+                (reservation_id, request_id, money_text(amount), self._stamp(), attempt_id),
             )
 
     def settle(self, reservation_id: str, *, amount: Decimal) -> None:
@@ -413,6 +767,17 @@ class Ledger:
         """Settled spend plus open reservations made since `since` (None: all time)."""
         with self._lock:
             return _committed(self._conn, since)
+
+
+def _task_cost(row: sqlite3.Row) -> Decimal:
+    """What a task counts as spent: billed when reported, else quoted, unless it is known
+    unbilled (failed, canceled, never sent). A possibly-billed task counts."""
+    if row["state"] in _UNBILLED_STATES and not row["possibly_billed"]:
+        return Decimal(0)
+    if row["provider_task_id"] is None and row["state"] not in ("submitting", "unknown"):
+        return Decimal(0)
+    billed = parse_money(row["billed_usd"])
+    return billed if billed is not None else Decimal(row["quoted_usd"])
 
 
 def _committed(conn: sqlite3.Connection, since: datetime | None) -> Decimal:

@@ -171,8 +171,9 @@ class SpendRow:
     served: int
     failed: int
     attempts: int
+    finished_attempts: int  # attempts with an outcome; still-running ones are not rated
     failed_attempts: int
-    failure_rate: float
+    failure_rate: float  # failed_attempts / finished_attempts (of attempts, not requests)
     images: int
     quoted_usd: Decimal
     billed_usd: Decimal | None
@@ -189,6 +190,7 @@ class SpendRow:
             "served": self.served,
             "failed": self.failed,
             "attempts": self.attempts,
+            "finished_attempts": self.finished_attempts,
             "failed_attempts": self.failed_attempts,
             "failure_rate": self.failure_rate,
             "images": self.images,
@@ -224,6 +226,7 @@ class _Group:
             served=self.served,
             failed=self.failed,
             attempts=self.attempts,
+            finished_attempts=finished,
             failed_attempts=self.failed_attempts,
             failure_rate=self.failed_attempts / finished if finished else 0.0,
             images=self.images,

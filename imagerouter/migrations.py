@@ -201,3 +201,21 @@ def m002_indexes(conn: sqlite3.Connection) -> None:
         "CREATE INDEX reservations_request ON reservations (request_id)",
     ):
         conn.execute(statement)
+
+
+@migration
+def m003_recovery(conn: sqlite3.Connection) -> None:
+    # What a possibly-billed task needs to be reconciled later, by `resume`, the gateway's
+    # sweeper or a later request: the create exactly as sent (a RunAPI replay must send the
+    # same body with the same Idempotency-Key; Runflow looks it up by client_ref), and when
+    # it was last looked up. Old rows keep NULL: Runflow ones can still be looked up.
+    conn.execute("ALTER TABLE tasks ADD COLUMN spec_json TEXT")
+    conn.execute("ALTER TABLE tasks ADD COLUMN checks INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE tasks ADD COLUMN checked_at TEXT")
+    # The process running a request, so `resume` can tell a request a live process still
+    # runs (leave it alone) from one whose process was killed (close it). Status values now
+    # include `interrupted` (SIGINT, cancellation, or a process that died mid-request).
+    conn.execute("ALTER TABLE requests ADD COLUMN owner_pid INTEGER")
+    # The attempt a reservation paid for, so its spend can be settled from that attempt's
+    # tasks after a kill.
+    conn.execute("ALTER TABLE reservations ADD COLUMN attempt_id TEXT")

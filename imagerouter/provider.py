@@ -19,9 +19,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from .errors import MissingApiKeyError
+from .errors import ConfigError, MissingApiKeyError
+from .urls import check_http_url
 
 if TYPE_CHECKING:
     from .emulation import EmulatorApp, EmulatorOptions
@@ -54,7 +55,8 @@ class ProviderSettings(BaseModel):
     api_key_env: str | None = None
     base_url: str | None = None
     timeout: float = Field(default=60.0, gt=0, description="seconds per HTTP request")
-    poll_interval: float = Field(default=2.0, gt=0, description="seconds between polls")
+    # None: the adaptive schedule (imagerouter.polling); a number: a fixed interval.
+    poll_interval: float | None = Field(default=None, gt=0, description="seconds between polls")
     poll_deadline: float = Field(default=900.0, gt=0, description="seconds a job may run")
     prices: dict[str, Any] = Field(default_factory=dict)
     capabilities: dict[str, Any] = Field(default_factory=dict)
@@ -69,9 +71,27 @@ class ProviderSettings(BaseModel):
             return SecretStr(value)
         raise MissingApiKeyError(provider.name, env_var)
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = check_http_url(value.strip())
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip()
+
     def resolve_base_url(self, provider: Provider) -> str:
+        """The API base URL: the config's, else `$<PROVIDER>_BASE_URL`, else the plugin's."""
         env_url = os.environ.get(provider.base_url_env_var)
-        url = self.base_url or env_url or provider.default_base_url
+        if not self.base_url and env_url:
+            problem = check_http_url(env_url.strip())
+            if problem is not None:
+                raise ConfigError(
+                    f"the environment variable {provider.base_url_env_var} {problem}"
+                )
+            return env_url.strip().rstrip("/")
+        url = self.base_url or provider.default_base_url
         return url.rstrip("/")
 
 
@@ -181,7 +201,14 @@ class Provider(ABC):
     idempotent_creates: ClassVar[bool] = False
     # True when `ProviderClient.find` can look a task up by our task id (reconciliation).
     can_find_by_task_id: ClassVar[bool] = False
+    # How long after a lost create `ProviderClient.reconcile` can still settle it without
+    # risking a second task (an idempotency key the provider may forget); None: no limit.
+    reconcile_window_s: ClassVar[float | None] = None
     docs_url: ClassVar[str] = ""
+    # Hosts the provider documents for its result image URLs (`*.domain` for subdomains).
+    # The API's own host is always allowed; `downloads.allowed_hosts` adds more. Any other
+    # host a result URL names is refused before it is fetched (see imagerouter/urls.py).
+    download_hosts: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def price_table(self) -> PriceTable:
@@ -254,6 +281,17 @@ class ProviderClient(ABC):
         Returns None when no such task exists. Providers without this raise
         NotImplementedError."""
         raise NotImplementedError
+
+    async def reconcile(self, task: TaskSpec) -> Submission | None:
+        """Settle a create whose answer was lost, by the provider's own means and never by
+        making a second task: the task if it exists, None if it provably does not.
+
+        The core calls this later too (`resume`, the gateway's sweeper, the next request to
+        this backend), with `task` rebuilt from the ledger. The default looks the task up by
+        our task id (`find`); a provider with idempotent creates replays the create with the
+        same key instead. NotImplementedError: this provider cannot settle it at all; a
+        ProviderError: the look-up failed this time (it is tried again later)."""
+        return await self.find(task)
 
     async def free_check(self) -> FreeCheck | None:
         """A free check (balance, health) if the provider has one."""

@@ -1,8 +1,9 @@
 """Keep API keys out of logs and messages: a redactor that is also a `logging.Filter`.
 
-`Redactor.redact(text)` replaces every known secret, and any `Authorization:` / `X-API-Key:`
-header value or `Bearer` token, with `[redacted]`. As a logging filter it rewrites each record
-before a handler formats it. `install()` attaches one to our loggers and the HTTP libraries'.
+`Redactor.redact(text)` replaces every known secret, any `Authorization:` / `X-API-Key:`
+header value or `Bearer` token, and the `user:password` of any URL, with `[redacted]`. As a
+logging filter it rewrites each record before a handler formats it. `install()` attaches one
+to our loggers and the HTTP libraries'.
 
 A filter on a logger only sees records logged to that exact logger, not to its children
 (`httpcore.http11` is a child of `httpcore`), so `install()` also attaches it to every
@@ -38,6 +39,8 @@ _HEADER_VALUE = re.compile(
     r"([^'\"\r\n,}]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\",;}]+")
+# `https://user:password@host/...`: the userinfo of any URL in the text.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@")
 
 
 class Redactor(logging.Filter):
@@ -73,6 +76,7 @@ class Redactor(logging.Filter):
         if pattern is not None:
             text = pattern.sub(REDACTED, text)
         text = _HEADER_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
         return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
     def __repr__(self) -> str:

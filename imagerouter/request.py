@@ -7,6 +7,7 @@ one `RequestValidationError` naming the field and what is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import (
 
 from .errors import RequestValidationError
 from .geometry import RESOLUTIONS, Ratio, Resolution, parse_size
+from .urls import strip_credentials
 
 __all__ = [
     "BACKGROUNDS",
@@ -71,8 +73,10 @@ class ImageInput(BaseModel):
         if isinstance(value, bytes | bytearray | memoryview):
             data = bytes(value)
             return cls(kind="bytes", data=data, label=label or f"<{len(data)} bytes>")
-        if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
-            return cls(kind="url", url=value, label=label or value)
+        if isinstance(value, str) and _is_url(value):
+            # The URL goes to the provider as given; its name (what the ledger, logs and
+            # messages show) never carries `user:password@`.
+            return cls(kind="url", url=value, label=label or strip_credentials(value))
         if isinstance(value, str | Path):
             path = Path(value).expanduser()
             return cls(kind="path", path=path, label=label or str(path))
@@ -81,7 +85,11 @@ class ImageInput(BaseModel):
     @property
     def name(self) -> str:
         """What error messages call this input."""
-        return self.label or str(self.path or self.url or "<bytes>")
+        if self.label:
+            return self.label
+        if self.url is not None:
+            return strip_credentials(self.url)
+        return str(self.path or "<bytes>")
 
 
 @dataclass(frozen=True)
@@ -177,6 +185,7 @@ class ImageRequest(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        _check_text(data)
         images = data.get("images")
         if images is not None:
             if isinstance(images, str | Path | bytes | ImageInput):
@@ -282,6 +291,32 @@ class ImageRequest(BaseModel):
         if self.mask is not None:
             data["mask"] = self.mask.name
         return data
+
+
+def _check_text(data: Mapping[str, Any]) -> None:
+    """Every text field must encode as UTF-8. A lone surrogate (what Python makes of non-UTF-8
+    bytes in argv, or what JSON's `\\ud800` decodes to) would otherwise pass validation and
+    fail later: in the ledger, the HTTP body, or the terminal, after the job was paid for."""
+    for name, value in data.items():
+        items = value if isinstance(value, list | tuple) else (value,)
+        for item in items:
+            text = item.url if isinstance(item, ImageInput) else item
+            if not isinstance(text, str):
+                continue
+            if name in ("images", "mask") and not _is_url(text):
+                continue  # a local file name may be any bytes the filesystem allows
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _FieldError(
+                    name,
+                    f"is not valid UTF-8 text (an undecodable character at position "
+                    f"{exc.start}); check the terminal or file encoding",
+                ) from None
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
 
 
 class _FieldError(Exception):

@@ -11,12 +11,18 @@ result = router.generate("a lighthouse at dusk", tier="standard", output_dir="ou
 A Router owns its plugin manager (no process-global state), its HTTP client, its health
 tracker, its ledger and its budget. Every async method has a sync twin; calling a sync twin
 from inside a running event loop is an error that names the async one.
+
+Sync twins run on the Router's portal (portal.py): one event loop in a background thread, so
+one HTTP client and its pooled connections serve every sync call, from any number of threads.
+Async callers get one client per event loop (transport.py's `LoopClients`), so a Router works
+in any number of loops, one after another or side by side, and mixed with sync calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,20 +32,25 @@ import httpx
 from .budget import Budget, BudgetLimits
 from .clock import SYSTEM_CLOCK, Clock, Sleep, system_sleep
 from .config import Config, load_config
-from .errors import ConfigError, ImageRouterError
+from .errors import ConfigError, ImageRouterError, RequestValidationError
 from .health import BackendStats, HealthPolicy, HealthTracker
-from .inputs import load_input
+from .inputs import check_mask, load_input
 from .ledger import Ledger
+from .ledger_commit import current_pending, deferred_commits
+from .outputs import ensure_writable_dir
 from .paths import default_ledger_path
 from .plugins import Plugins
 from .polling import AdaptiveSchedules, FixedSchedule, PollSchedule
+from .portal import Portal
 from .provider import FreeCheck
 from .quoting import Catalog, quote
+from .reconcile import RecoveryState
 from .redact import default_redactor
 from .request import MODELS, ImageInput, ImageRequest
 from .resume import ResumeOutcome, resume_uncollected
 from .routing import route_request
-from .transport import LimitedTransport
+from .transport import LimitedTransport, LoopClients
+from .urls import HostPolicy
 
 if TYPE_CHECKING:
     from .execution import Progress
@@ -98,13 +109,16 @@ class Router:
             clock=clock,
             config_fingerprint=self.config.fingerprint(),
         )
-        self._http: httpx.AsyncClient | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
-        self._clients: dict[str, ProviderClient] = {}
+        self._loops = LoopClients(self._make_http)
+        self._portal = Portal()
+        # Interpreter exit stops the portal's thread (and closes its client) without hanging.
+        self._finalizer = weakref.finalize(self, self._portal.close)
         self._resumed = False
         # Set only when a public URL reaches us (the gateway); providers then call back.
         self.callback_base_url = callback_base_url.rstrip("/") if callback_base_url else None
         self.waiters: dict[tuple[str, str], asyncio.Event] = {}
+        # Interruptions to report, and the bookkeeping of possibly-billed recovery.
+        self.recovery = RecoveryState()
 
     # -- construction -------------------------------------------------------------------
 
@@ -159,33 +173,56 @@ class Router:
         """The effective price tables (shipped data plus the config's overrides)."""
         return {name: entry.prices for name, entry in self.catalog.entries.items()}
 
+    def _make_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=self._transport or LimitedTransport(HTTP_CONCURRENCY),
+            follow_redirects=False,
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            # Write-ahead: nothing leaves the process before the ledger rows behind it are
+            # on disk (a request's writes defer their fsync until here: ledger_commit.py).
+            event_hooks={"request": [_ledger_barrier]},
+        )
+
+    async def _durable(self, work: Awaitable[_T]) -> _T:
+        """Run one request's work with its ledger commits deferred to the next HTTP request
+        and to its end, where they are made durable together."""
+        if self.ledger is None:
+            return await work
+        with deferred_commits() as pending:
+            try:
+                return await work
+            finally:
+                await asyncio.to_thread(pending.make_durable, final=True)
+
     def http(self) -> httpx.AsyncClient:
-        """The shared HTTP client for the running event loop."""
-        loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx.AsyncClient(
-                transport=self._transport or LimitedTransport(HTTP_CONCURRENCY),
-                follow_redirects=False,
-                timeout=httpx.Timeout(60.0, connect=10.0),
-            )
-            self._http_loop = loop
-            self._clients = {}
-        return self._http
+        """The HTTP client of the running event loop, reused by every call on that loop."""
+        return self._loops.current().http
 
     def client_for(self, name: str) -> ProviderClient:
-        client = self._clients.get(name)
+        """`name`'s provider client on the running loop's HTTP client."""
+        built = self._loops.current().built
+        client: ProviderClient | None = built.get(name)
         if client is None:
             entry = self.catalog.entries[name]
             client = entry.provider.client(entry.settings, self.http())
             self.redactor.add(entry.settings.resolve_api_key(entry.provider).get_secret_value())
-            self._clients[name] = client
+            built[name] = client
         return client
+
+    def download_policy(self, name: str) -> HostPolicy:
+        """The hosts `name`'s result images may be downloaded from (imagerouter/urls.py)."""
+        entry = self.catalog.entries[name]
+        return HostPolicy.build(
+            entry.provider.download_hosts,
+            entry.settings.resolve_base_url(entry.provider),
+            self.config.downloads.allowed_hosts,
+        )
 
     def schedule_for(self, offer: Offer) -> PollSchedule:
         if self._schedule is not None:
             return self._schedule(offer)
         settings = self.config.provider_settings(offer.provider)
-        if "poll_interval" in settings.model_fields_set:
+        if settings.poll_interval is not None:
             # An interval the user configured is kept as it is.
             return FixedSchedule(interval=settings.poll_interval)
         return self._adaptive.for_backend(offer.provider, offer.model, offer.operation)
@@ -224,11 +261,11 @@ class Router:
 
     async def agenerate(self, prompt: str, **options: Any) -> GenerationResult:
         """Generate images; returns when they are on disk."""
-        return await self._run(prompt, options)
+        return await self._durable(self._run(prompt, options))
 
     async def aedit(self, prompt: str, images: Any, **options: Any) -> GenerationResult:
         """Edit input images (paths, bytes, or URLs with allow_url_inputs=True)."""
-        return await self._run(prompt, {**options, "images": images})
+        return await self._durable(self._run(prompt, {**options, "images": images}, edit=True))
 
     def generate(self, prompt: str, **options: Any) -> GenerationResult:
         return self._sync(lambda: self.agenerate(prompt, **options), "agenerate")
@@ -236,23 +273,39 @@ class Router:
     def edit(self, prompt: str, images: Any, **options: Any) -> GenerationResult:
         return self._sync(lambda: self.aedit(prompt, images, **options), "aedit")
 
-    async def aresume(self) -> list[ResumeOutcome]:
-        """Collect accepted jobs whose images never reached disk (see `imagerouter resume`)."""
+    async def aresume(self, *, output_dir: str | Path | None = None) -> list[ResumeOutcome]:
+        """Collect accepted jobs whose images never reached disk, look possibly-billed
+        creates up again, and close what a killed process left (see `imagerouter resume`).
+        `output_dir` saves into another directory than each request's own."""
         self._resumed = True
-        return await resume_uncollected(self)
+        return await self._durable(
+            resume_uncollected(
+                self, output_dir=Path(output_dir) if output_dir is not None else None
+            )
+        )
 
-    def resume(self) -> list[ResumeOutcome]:
-        return self._sync(self.aresume, "aresume")
+    def resume(self, *, output_dir: str | Path | None = None) -> list[ResumeOutcome]:
+        return self._sync(lambda: self.aresume(output_dir=output_dir), "aresume")
 
-    async def _run(self, prompt: str, options: dict[str, Any]) -> GenerationResult:
+    async def _run(
+        self, prompt: str, options: dict[str, Any], *, edit: bool = False
+    ) -> GenerationResult:
         if self.config.routing.resume_on_start and not self._resumed and self.ledger is not None:
             for outcome in await self.aresume():
                 log.info("resume at start: %s %s", outcome.task_id, outcome.state)
         output_dir = Path(options.pop("output_dir", None) or self.config.output.dir)
         progress: Callable[[Progress], None] | None = options.pop("progress", None)
         request = ImageRequest.build(prompt=prompt, **options)
+        if edit and not request.images:
+            # Without one, "edit" would quietly run (and bill) a generate.
+            raise RequestValidationError(
+                "images", "an edit needs at least one input image (a path, bytes or a URL)"
+            )
+        # Everything that can be refused is refused before the first paid call.
+        await asyncio.to_thread(ensure_writable_dir, output_dir)
         inputs = [_load(item) for item in request.images]
         mask = _load(request.mask) if request.mask is not None else None
+        check_mask(inputs, mask)
         return await route_request(self, request, inputs, mask, output_dir, progress)
 
     # -- health ---------------------------------------------------------------------------
@@ -295,36 +348,23 @@ class Router:
                 f"this sync method was called inside a running event loop; "
                 f"use `await router.{twin}(...)` instead"
             )
-
-        async def once() -> _T:
-            try:
-                return await make()
-            finally:
-                await self._close_http()
-
-        return asyncio.run(once())
-
-    async def _close_http(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-        self._http = None
-        self._http_loop = None
-        self._clients = {}
+        return self._portal.call(make)
 
     async def aclose(self) -> None:
-        await self._close_http()
+        """Close the HTTP clients (this loop's at once), stop the portal, close the ledger."""
+        await self._loops.aclose_current()
+        if asyncio.get_running_loop() is not self._portal.loop:
+            # Joining the portal's thread takes a moment: not on this loop.
+            await asyncio.to_thread(self._portal.close)
+        self._loops.close_all()
         if self.ledger is not None:
             self.ledger.close()
 
     def close(self) -> None:
-        # A client left over from an async session can only be closed on its own loop, and
-        # only when that loop is idle; otherwise the loop's shutdown releases it.
-        loop = self._http_loop
-        idle = loop is not None and not loop.is_closed() and not loop.is_running()
-        if self._http is not None and idle:
-            assert loop is not None
-            loop.run_until_complete(self._http.aclose())
-        self._http = None
+        """Stop the portal (closing its client), close every other loop's client on its own
+        loop, and close the ledger. Safe to call more than once."""
+        self._portal.close()
+        self._loops.close_all()
         if self.ledger is not None:
             self.ledger.close()
 
@@ -342,6 +382,12 @@ class Router:
 
     def __repr__(self) -> str:
         return f"<Router providers={sorted(self.catalog.entries)} config={self.config.source!r}>"
+
+
+async def _ledger_barrier(request: httpx.Request) -> None:
+    pending = current_pending()
+    if pending is not None and not pending.durable():
+        await asyncio.to_thread(pending.make_durable)
 
 
 def _load(item: ImageInput) -> LoadedImage | str:

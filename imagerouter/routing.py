@@ -26,14 +26,54 @@ from .events import ResultEvent
 from .execution import OfferOutcome, Progress, RunContext, run_offer
 from .failures import classify, refusal_may_differ
 from .result import AttemptRecord, GenerationResult, SavedImage
+from .resume import reconcile_backend
 
 if TYPE_CHECKING:
+    from .ledger import PaidTask
     from .offers import Offer
     from .provider import LoadedImage
     from .request import ImageRequest
     from .router import Router
 
-__all__ = ["route_request"]
+__all__ = ["Interruption", "route_request"]
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A request stopped before it finished (Ctrl-C, a cancelled job). It is recorded
+    `interrupted` with `cost_usd`, the cost of its accepted tasks; `paid_tasks` are those
+    still out at the provider (and creates left unknown), which `imagerouter resume`
+    collects. The CLI prints `message()`."""
+
+    request_id: str
+    cost_usd: Decimal
+    paid_tasks: tuple[PaidTask, ...] = ()
+    recorded: bool = True  # False: no ledger, so what was paid is not known here
+
+    def message(self) -> str:
+        lines = [f"interrupted: request {self.request_id} stopped before it finished"]
+        running = [t for t in self.paid_tasks if t.provider_task_id]
+        unknown = [t for t in self.paid_tasks if not t.provider_task_id]
+        if running:
+            lines.append(
+                f"{len(running)} paid task(s) are still running at the provider "
+                f"(recorded as ${self.cost_usd:f}):"
+            )
+            lines += [
+                f"  {t.provider} task {t.provider_task_id} (${t.quoted_usd:f})" for t in running
+            ]
+        if unknown:
+            lines.append(
+                f"{len(unknown)} create(s) were being sent and may be billed "
+                f"({', '.join(f'{t.provider} client_ref {t.task_id}' for t in unknown)})"
+            )
+        if running or unknown:
+            lines.append("`imagerouter resume` collects them (and looks up any unknown one)")
+        elif not self.recorded:
+            lines.append("the ledger is off: tasks it created may still run at the provider")
+        else:
+            lines.append("no provider had accepted a task for it: nothing was charged")
+        return "\n".join(lines)
 
 log = logging.getLogger("imagerouter.routing")
 
@@ -53,9 +93,6 @@ class _State:
     served_by: Offer | None = None
     last_error: BaseException | None = None
     double_charge_accepted: bool = False
-    # Image numbers handed out so far. Every attempt reserves numbers for all the images it
-    # may produce, so a retry never reuses the file name of an image an earlier task saved.
-    next_image: int = 0
 
 
 async def route_request(
@@ -89,13 +126,16 @@ async def route_request(
             offer = _next_offer(router, state, inputs, mask)
             if offer is None:
                 raise _final_error(state, "no healthy backend is left to try")
+            # Possibly-billed creates of this backend's earlier requests are looked up first
+            # (bounded, rate-limited, never raises).
+            await reconcile_backend(router, offer.provider)
             await _wait_if_cooling_down(router, offer)
             outcome = await _attempt(router, state, offer, inputs, mask, progress)
             if outcome.errors and not _may_continue(router, state, offer, outcome):
                 raise _final_error(state, "stopped to avoid paying twice")
     except asyncio.CancelledError as exc:
-        # Cancelled: record the outcome without awaiting anything more.
-        _finish(router, state, started, exc)
+        # Cancelled (Ctrl-C, a client gone): record it without awaiting anything more.
+        _interrupted(router, state, started, exc)
         raise
     except BaseException as exc:
         await _finish_async(router, state, started, exc)
@@ -216,7 +256,9 @@ async def _attempt(
     quoted = offer.total_usd or Decimal(0)
     try:
         reservation = (
-            await asyncio.to_thread(router.budget.reserve, state.request_id, quoted)
+            await asyncio.to_thread(
+                router.budget.reserve, state.request_id, quoted, attempt_id=attempt_id
+            )
             if router.budget
             else None
         )
@@ -256,12 +298,12 @@ async def _attempt(
             schedule=router.schedule_for(offer),
             on_unknown=router.config.routing.on_unknown_submission,
             on_deadline=router.config.routing.on_deadline,
-            image_offset=state.next_image,
+            image_offset=len(state.images),
             progress=progress,
             callback_url=router.callback_url(offer.provider),
             waiters=router.waiters,
+            download_hosts=router.download_policy(offer.provider),
         )
-        state.next_image += offer.images
         outcome = await run_offer(ctx, offer, state.request.prompt, inputs, mask)
     except Exception as exc:  # failures before any task (key, upload): nothing was created
         outcome.errors.append(exc)
@@ -320,9 +362,27 @@ async def _finish_async(
     _emit_result(router, state, elapsed, error)
 
 
-def _finish(router: Router, state: _State, started: float, error: BaseException | None) -> None:
+def _interrupted(router: Router, state: _State, started: float, error: BaseException) -> None:
+    """Record an interrupted request synchronously (the task is being cancelled): its
+    creates in flight become unknown, it is `interrupted` with its accepted tasks' cost, and
+    the open reservation is settled from its tasks. The report goes to the router."""
     elapsed = router.clock() - started
-    _end_request(router, state, elapsed, error)
+    paid: list[PaidTask] = []
+    cost = state.quoted
+    if router.ledger is not None:
+        try:
+            paid = router.ledger.interrupt_request(
+                state.request_id, error="interrupted before it finished", elapsed_s=elapsed
+            )
+            router.ledger.settle_reservations(state.request_id)
+            row = router.ledger.request_detail(state.request_id)["request"]
+            cost = Decimal(row["cost_usd"] or 0)
+        except Exception:  # the report must still reach the user
+            log.warning("recording the interruption of %s failed", state.request_id,
+                        exc_info=True)
+    router.recovery.interruptions.append(
+        Interruption(state.request_id, cost, tuple(paid), recorded=router.ledger is not None)
+    )
     _emit_result(router, state, elapsed, error)
 
 

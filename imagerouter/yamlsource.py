@@ -23,6 +23,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .errors import ConfigError
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
     "YamlDocument",
     "child_path",
     "item_path",
@@ -38,6 +40,11 @@ _TYPED_SCALARS = {f"{_TAG}{name}" for name in ("null", "bool", "int", "float")}
 _TEXT_SCALARS = {f"{_TAG}str", f"{_TAG}timestamp"}
 # Aliases can expand exponentially ("billion laughs"); no real config comes near this.
 _MAX_NODES = 100_000
+# PyYAML composes nodes recursively: a 100,000-deep `[[[...` would raise RecursionError. Its
+# pure-Python parser also reads only ~100 KiB of small keys a second, so a 50 MB document took
+# minutes. A real config is a few KiB nested four or five deep: 256 KiB parses in ~2 s at worst.
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,18 @@ def nearest_line(lines: dict[str, int], path: str) -> int | None:
 
 def parse_yaml(text: str, source: str) -> YamlDocument:
     """Parse one YAML document; raise ConfigError (`source:line: ...`) on anything unsafe."""
+    if len(text) > MAX_CONFIG_BYTES:  # characters: never fewer than the file's bytes
+        raise ConfigError(
+            f"the document is over the limit of {MAX_CONFIG_BYTES // 1024} KiB", file=source
+        )
+    loader: _DepthLimitedLoader | None = None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _DepthLimitedLoader(text)  # the reader refuses control characters here
+        root = loader.get_single_node()
+    except _TooDeep as exc:
+        raise ConfigError(
+            f"values are nested more than {MAX_DEPTH} levels deep", file=source, line=exc.line
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -79,11 +96,41 @@ def parse_yaml(text: str, source: str) -> YamlDocument:
         raise ConfigError(f"invalid YAML: {problem}", file=source, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if root is None:
         return YamlDocument(data=None, lines={})
     builder = _Builder(source)
     data = builder.build(root, "")
     return YamlDocument(data=data, lines=builder.lines)
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing collections nested deeper than MAX_DEPTH before the
+    recursive composer can exhaust the stack."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            # Collections count; a scalar (or alias) leaf at the deepest level is fine.
+            leaf = self.check_event(yaml.ScalarEvent, yaml.AliasEvent)
+            if self._depth > MAX_DEPTH and not leaf:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _short(tag: str) -> str:

@@ -57,6 +57,7 @@ from imagerouter.errors import (
     ProviderError,
     SubmissionUnknownError,
 )
+from imagerouter.paths import emulated_ledger_path
 from imagerouter.plugins import Plugins
 from imagerouter.redact import install, uninstall
 from imagerouter.result import GenerationResult
@@ -116,6 +117,10 @@ class Cell:
     allowed: frozenset[str] = frozenset()  # failure reasons that are by design here
     opt_in: bool = False  # the config accepts a possible double charge
     budget_share: Decimal = Decimal(1)  # the budget, as a share of the worst case
+    # After the requests: the faults stop (the provider's look-ups work again) and
+    # `resume` runs until nothing is left unknown or running; then every image every
+    # emulator produced must be on disk, for failed requests too.
+    recover: bool = False
 
 
 def _single(provider: str, kind: str) -> Cell:
@@ -255,6 +260,27 @@ COMBINATIONS = (
         allowed=frozenset({UNKNOWN, UNHEALTHY}),
     ),
     Cell(
+        "runflow:lost+lookup_down",
+        "runflow",
+        "reset after send (30%) while every client_ref lookup fails: those requests stop as "
+        "possibly billed (unknown); once lookups work, resume finds each run and collects it: "
+        "every paid image on disk, no second create",
+        faults={"runflow": "create:reset_after_send@0.3;find:500@1"},
+        allowed=frozenset({UNKNOWN}),
+        recover=True,
+    ),
+    Cell(
+        "runapi:lost+replays_down",
+        "runapi",
+        "reset after send (30%) and 500s on 80% of the other sends, so some creates and all "
+        "their same-key replays fail: those stop as possibly billed; once the 500s stop, "
+        "resume replays the same Idempotency-Key (the task, or its first creation if no "
+        "send ever arrived) and collects it: every paid image on disk, one task each",
+        faults={"runapi": "create:reset_after_send@0.3;create:500@0.8"},
+        allowed=frozenset({UNKNOWN}),
+        recover=True,
+    ),
+    Cell(
         "runflow:task_failed+budget",
         "runflow",
         "task_failed with a budget of half the worst case: served until the budget is spent, "
@@ -273,13 +299,9 @@ SELECTED = [word for word in os.environ.get("IMAGEROUTER_MATRIX_CELLS", "").spli
 # -- the harness ---------------------------------------------------------------------------
 
 
-def small_render(
-    prompt: str, width: int, height: int, fmt: str, *, transparent: bool = False, seed: int = 0
-) -> bytes:
+def small_render(prompt: str, width: int, height: int, fmt: str, **options: Any) -> bytes:
     """The emulators' own renderer on a 64x64 canvas (see the module docstring)."""
-    return render_image(
-        prompt, min(width, 64), min(height, 64), fmt, transparent=transparent, seed=seed
-    )
+    return render_image(prompt, min(width, 64), min(height, 64), fmt, **options)
 
 
 class RefusingTransport(httpx.AsyncBaseTransport):
@@ -384,6 +406,7 @@ class CellReport:
     images_checked: int = 0
     orphaned: int = 0  # made, never fetched, because the config opted in to failover
     resumable: int = 0  # made for a failed request; ledger.uncollected() lists it
+    resumed: int = 0  # collected by `resume` after the cell (recover cells)
     reported: int = 0  # made for a request that stopped as "possibly billed" (client_ref)
     faults_fired: int = 0
     spend: Decimal = Decimal(0)
@@ -438,7 +461,9 @@ def texts_of(outcome: Outcome) -> list[str]:
     if outcome.result is not None:
         texts += [repr(outcome.result), json.dumps(outcome.result.to_dict())]
     error: BaseException | None = outcome.error
-    while error is not None:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # a chain may loop: walk it once
+        seen.add(id(error))
         texts += [str(error), repr(error)]
         error = error.__cause__ or error.__context__
     return texts
@@ -538,14 +563,51 @@ def run_cell(
     report.faults_fired = sum(
         sum(emulators.apps[name].counters.snapshot()["faults"].values()) for name in cell.faults
     ) + (transport.refused if transport is not None else 0)
+    if cell.recover:
+        recover(report, cell, emulators, plugins, root, dearest)
     for outcome in outcomes:
         texts.extend(texts_of(outcome))
     new_jobs = {
         name: [job for job in book_of(app).all() if job.id not in before[name]]
         for name, app in emulators.apps.items()
     }
-    check_cell(report, emulators, new_jobs, outcomes, root / "ledger.db")
+    check_cell(report, emulators, new_jobs, outcomes, emulated_ledger_path(root / "ledger.db"))
     return report
+
+
+RESUME_PASSES = 60
+
+
+def recover(
+    report: CellReport,
+    cell: Cell,
+    emulators: Emulators,
+    plugins: Plugins,
+    root: Path,
+    dearest: Mapping[str, Decimal],
+) -> None:
+    """The provider's look-ups work again: resume (a new process, as a user would) until
+    nothing is left unknown or running. A resume never adds a job a task did not have."""
+    for app in emulators.apps.values():
+        app.options.faults.clear()
+    router = build_router(cell, emulators, plugins, root, dearest, None)
+
+    async def passes() -> list[str]:
+        states: list[str] = []
+        try:
+            for _ in range(RESUME_PASSES):
+                states = [outcome.state for outcome in await router.aresume()]
+                report.resumed += states.count("collected")
+                if not any(state in ("unknown", "running", "accepted") for state in states):
+                    return states
+                await asyncio.sleep(0.02)
+            return states
+        finally:
+            await router.aclose()
+
+    left = asyncio.run(passes())
+    if any(state != "collected" for state in left):
+        report.problems.append(f"after {RESUME_PASSES} resume passes: {sorted(left)}")
 
 
 # -- the invariants ------------------------------------------------------------------------
@@ -714,7 +776,11 @@ def check_failure(
         report.problems.append(f"{rid}: failed ({reason}): {type(error).__name__}: {error}")
         return
     evidence = {
-        UNKNOWN: any(t["state"] == "unknown" and t["possibly_billed"] for t in tasks),
+        UNKNOWN: any(t["state"] == "unknown" and t["possibly_billed"] for t in tasks)
+        # After recovery: the lost create's error is kept on the task resume collected.
+        or (report.cell.recover and any(
+            t["state"] in ("collected", "not_sent") and t["error"] for t in tasks
+        )),
         DEADLINE: any(
             t["state"] == "timed_out" and t["possibly_billed"] and t["id"] in ledger.uncollected
             for t in tasks
@@ -747,7 +813,12 @@ def check_images(
     saved = ledger.images.get(ref, [])
     missing = job.count - len(saved)
     if missing > 0:
-        if task["provider_task_id"] is None and task["state"] == "unknown" and opted_in:
+        if report.cell.recover:
+            report.problems.append(
+                f"{rid}: image(s) not collected after resume: {provider} job {job.id} made "
+                f"{job.count}, {len(saved)} saved (task {task['state']})"
+            )
+        elif task["provider_task_id"] is None and task["state"] == "unknown" and opted_in:
             report.orphaned += missing
         elif not served and ref in ledger.uncollected:
             report.resumable += missing
@@ -796,7 +867,7 @@ def check_money(report: CellReport, ledger: LedgerView) -> None:
 def scan_for_keys(keys: list[str], texts: list[str], root: Path) -> list[str]:
     leaks = [f"a key in: {text[:120]}" for text in texts for key in keys if key in text]
     for path in root.rglob("*"):
-        if path.is_file() and path.name.startswith("ledger.db"):
+        if path.is_file() and path.name.startswith(("ledger.db", "ledger.emulated.db")):
             data = path.read_bytes()
             leaks += [f"a key in {path}" for key in keys if key.encode() in data]
         leaks += [f"a key in the file name {path}" for key in keys if key in path.name]
@@ -826,7 +897,8 @@ def summarize(reports: list[CellReport], records: int, seconds: float) -> str:
         f"replays, {total('opt_in_doubles')} opt-in double creates), {doubles} double charges, "
         f"{lost} lost images ({total('images_checked')} verified on disk, {total('orphaned')} "
         f"orphaned by opt-in, {total('resumable')} resumable, {total('reported')} reported "
-        f"possibly billed), known bugs: {bugs}, {total('faults_fired')} faults injected, "
+        f"possibly billed, {total('resumed')} collected by resume after the lookups "
+        f"recovered), known bugs: {bugs}, {total('faults_fired')} faults injected, "
         f"{records} log records scanned, 0 keys leaked, spend {spend:.2f} <= budget "
         f"{budget:.2f}, {seconds:.1f} s"
     )

@@ -88,7 +88,7 @@ def test_too_many_input_images(serve_gateway: ServeGateway) -> None:
 def test_edits_need_multipart(serve_gateway: ServeGateway) -> None:
     with serve_gateway().http() as http:
         response = http.post("/v1/images/edits", json={"prompt": "x", "image": "a.png"})
-    assert response.status_code == 400
+    assert response.status_code == 415
     assert response.json()["error"]["code"] == "invalid_content_type"
 
 

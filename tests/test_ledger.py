@@ -486,3 +486,72 @@ def test_a_partial_attempt_is_not_a_failure(ledger: Ledger) -> None:
     submit_task(ledger, "r1", attempt_no=3)  # still running: not in the failure rate
     [total] = ledger.spend()
     assert (total.attempts, total.failed_attempts, total.failure_rate) == (3, 1, 0.5)
+
+
+# --- recovery: interruptions, closing, settling ---------------------------------------------
+
+
+def test_interrupting_a_request_records_its_accepted_cost_and_unknown_creates(
+    ledger: Ledger,
+) -> None:
+    start_request(ledger, "r1", request={"prompt": "x", "n": 2})
+    _, accepted = submit_task(ledger, "r1", quoted="0.06")
+    ledger.task_accepted(accepted, provider_task_id="pt-1", poll_ref="p/pt-1")
+    ledger.task_submitting(  # a second create was being sent when the request stopped
+        "r1-a1-t2", attempt_id="r1-a1", request_id="r1", provider="runapi",
+        model="gpt-image-2", operation="generate", idempotency_key="idem-2", num_images=1,
+        quoted_usd=D("0.06"),
+    )
+    paid = ledger.interrupt_request("r1", error="interrupted", elapsed_s=1.5)
+    assert [(p.task_id, p.provider_task_id, p.state) for p in paid] == [
+        (accepted, "pt-1", "accepted"),
+        ("r1-a1-t2", "", "unknown"),
+    ]
+    detail = ledger.request_detail("r1")
+    assert detail["request"]["status"] == "interrupted"
+    assert detail["request"]["cost_usd"] == "0.06"  # the accepted task only
+    unknown = next(t for t in detail["tasks"] if t["id"] == "r1-a1-t2")
+    assert unknown["state"] == "unknown" and unknown["possibly_billed"]
+    assert [t.task_id for t in ledger.unknown_tasks()] == ["r1-a1-t2"]
+    assert ledger.watching() == {"r1": 2}
+
+
+def test_settle_reservations_charges_each_attempt_what_its_tasks_cost(ledger: Ledger) -> None:
+    start_request(ledger, "r1")
+    ledger.reserve("rsv-1", request_id="r1", amount=D("0.06"), limits=[], attempt_id="r1-a1")
+    _, t1 = submit_task(ledger, "r1", quoted="0.06")
+    ledger.task_accepted(t1, provider_task_id="pt-1", poll_ref="p/pt-1")
+    ledger.reserve("rsv-2", request_id="r1", amount=D("0.06"), limits=[], attempt_id="r1-a2")
+    _, t2 = submit_task(ledger, "r1", attempt_no=2, quoted="0.06")
+    ledger.task_finished(t2, state="not_sent")
+    # Reserved by a killed process before its attempt row existed: nothing was sent for it.
+    ledger.reserve("rsv-3", request_id="r1", amount=D("0.06"), limits=[])
+    assert ledger.settle_reservations("r1") == 3
+    with sqlite3.connect(ledger.path) as conn:
+        rows = conn.execute("SELECT id, state, settled_usd FROM reservations").fetchall()
+    states = {row[0]: (row[1], row[2]) for row in rows}
+    assert states == {
+        "rsv-1": ("settled", "0.06"),
+        "rsv-2": ("released", None),
+        "rsv-3": ("released", None),
+    }
+    assert ledger.committed_usd(None) == D("0.06")
+    # A late truth: the accepted task was billed less.
+    ledger.task_finished(t1, state="collected", billed_usd=D("0.05"))
+    assert ledger.settle_reservations("r1") == 0  # settled ones stay without `resettle`
+    assert ledger.settle_reservations("r1", resettle=True) == 1
+    assert ledger.committed_usd(None) == D("0.05")
+
+
+def test_open_requests_and_closing_a_dead_one(ledger: Ledger) -> None:
+    start_request(ledger, "r1")
+    _, t1 = submit_task(ledger, "r1", quoted="0.06")
+    ledger.task_accepted(t1, provider_task_id="pt-1", poll_ref="p/pt-1")
+    [open_request] = ledger.open_requests()
+    assert (open_request.request_id, open_request.status) == ("r1", "running")
+    ledger.close_request("r1", error="the process stopped")
+    row = ledger.request_detail("r1")["request"]
+    assert (row["status"], row["cost_usd"]) == ("interrupted", "0.06")
+    assert ledger.open_requests() == []
+    with pytest.raises(KeyError):
+        ledger.close_request("r1", error="twice")  # only running requests are closed

@@ -36,8 +36,10 @@ def test_keys_never_leak(
         seen.append(repr(cause))
     seen.append(caplog.text)
     router.close()
-    ledger_bytes = Path(tmp_path / "ledger.db").read_bytes()
-    for path in tmp_path.glob("ledger.db*"):
+    ledger_path = router.config.ledger.path  # the emulated twin of tmp_path / "ledger.db"
+    assert ledger_path is not None
+    ledger_bytes = ledger_path.read_bytes()
+    for path in ledger_path.parent.glob(f"{ledger_path.name}*"):
         ledger_bytes += path.read_bytes()
     for key in keys:
         assert key

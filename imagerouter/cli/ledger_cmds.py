@@ -9,11 +9,14 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
+from ..emulated import close_orphans
 from ..ledger import Ledger
-from ..paths import default_ledger_path
+from ..paths import default_ledger_path, emulated_ledger_path
 from ..router import Router
 from .common import config_option, console, handle_errors, json_option, load, print_json
+from .text import cell, fit_last_column, fold_table, printable, usd_texts
 
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -26,7 +29,13 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     now = now or datetime.now(UTC)
     match = _SINCE.match(text.strip())
     if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise click.BadParameter(
+                f"{text!r} reaches before year 1", param_hint="--since"
+            ) from None
+
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -36,117 +45,186 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _ledger(config_path: Path | None) -> Ledger:
+def _ledger(config_path: Path | None, emulated: bool = False) -> Ledger:
     loaded = load(config_path)
-    return Ledger(loaded.config.ledger.path or default_ledger_path())
+    path = loaded.config.ledger.path or default_ledger_path()
+    # Emulated runs keep their own ledger (emulated.py); it is read only when asked for.
+    return Ledger(emulated_ledger_path(path) if emulated else path)
+
+
+_emulated_option = click.option(
+    "--emulated", is_flag=True, help="Read the ledger of emulated runs (--emulate) instead."
+)
 
 
 @click.command()
 @click.option("--since", default=None, help="30m, 24h, 7d, 2w or an ISO date.")
 @click.option("--by", type=click.Choice(["provider", "model", "tier", "day"]), default=None)
+@_emulated_option
 @config_option
 @json_option
 @handle_errors
-def spend(since: str | None, by: str | None, config_path: Path | None, as_json: bool) -> None:
+def spend(
+    since: str | None, by: str | None, emulated: bool, config_path: Path | None, as_json: bool
+) -> None:
     """Spend, counts, failure rates, latency, and quoted-vs-billed drift."""
-    ledger = _ledger(config_path)
+    ledger = _ledger(config_path, emulated)
     try:
         rows = ledger.spend(since=parse_since(since), by=by)
     finally:
         ledger.close()
-    data = [_row_dict(row) for row in rows]
     if as_json:
-        print_json({"since": since, "by": by, "rows": data})
+        print_json({"since": since, "by": by, "rows": [row.as_dict() for row in rows]})
         return
-    table = Table(title=f"Spend{' since ' + since if since else ''}{' by ' + by if by else ''}")
-    for column in (
-        by or "total",
-        "requests",
-        "served",
-        "failed",
-        "fail rate",
-        "images",
-        "quoted",
-        "billed",
-        "drift",
-        "p50 s",
-    ):
-        table.add_column(column)
-    for item in data:
-        drift = item["drift_usd"] or ""
-        if item["drift_flagged"]:
-            drift = f"[yellow]{drift} !"
+    title = f"{' since ' + since if since else ''}{' by ' + by if by else ''}"
+    console.print(_money_table(rows, f"Spend{title}", by or "total"))
+    console.print(_reliability_table(rows, f"Requests and attempts{title}", by or "total"))
+
+
+def _money_table(rows: list[Any], title: str, key: str) -> Table:
+    """Only what was charged (or may have been); drift is billed minus quoted, `!` when any
+    task's bill differed from its quote."""
+    money = ("quoted", "billed", "drift")
+    table = fold_table(title, (key, "images", *money), right=("images", *money))
+    # One number of decimals for all money in the table, so amounts compare at a glance.
+    count = len(rows)
+    amounts = usd_texts(
+        [row.quoted_usd for row in rows]
+        + [row.billed_usd for row in rows]
+        + [row.drift_usd if row.billed_usd is not None else None for row in rows]
+    )
+    for i, row in enumerate(rows):
+        drift = cell(amounts[2 * count + i] + (" !" if row.drift_flagged else ""))
+        if row.drift_flagged:
+            drift.stylize("yellow")
+        table.add_row(cell(row.key), str(row.images), amounts[i], amounts[count + i], drift)
+    return table
+
+
+def _reliability_table(rows: list[Any], title: str, key: str) -> Table:
+    """Requests (served / failed, by who served them) next to attempts (by who tried them):
+    the fail rate is failed attempts / finished attempts, both shown, so the figures agree
+    even when a failed-over request is served by another backend."""
+    # Two-line headers, so the table fits 80 columns without folding a figure.
+    counts = ("requests", "served", "failed", "attempts", "failed\nattempts",
+              "attempt\nfail rate", "p50 s")
+    table = fold_table(title, (key, *counts), right=counts)
+    for row in rows:
+        running = row.attempts - row.finished_attempts
         table.add_row(
-            str(item["key"]),
-            str(item["requests"]),
-            str(item["served"]),
-            str(item["failed"]),
-            f"{item['failure_rate']:.0%}",
-            str(item["images"]),
-            f"${item['quoted_usd']}",
-            f"${item['billed_usd']}" if item["billed_usd"] is not None else "",
-            drift,
-            f"{item['p50_latency_s']:.1f}" if item["p50_latency_s"] is not None else "",
+            cell(row.key),
+            str(row.requests),
+            str(row.served),
+            str(row.failed),
+            f"{row.attempts} ({running} running)" if running else str(row.attempts),
+            str(row.failed_attempts),
+            f"{row.failure_rate:.0%}" if row.finished_attempts else "",
+            f"{row.p50_latency_s:.1f}" if row.p50_latency_s is not None else "",
         )
-    console.print(table)
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    data = asdict(row)
-    for key in ("quoted_usd", "billed_usd", "drift_usd"):
-        if data.get(key) is not None:
-            data[key] = str(data[key])
-    return data
+    return table
 
 
 @click.command()
-@click.option("--limit", type=int, default=20)
-@click.option("--id", "request_id", default=None, help="Show one request in full.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, help="How many requests.")
+@click.option("--id", "request_id", default=None, help="Show one request in full (JSON).")
+@_emulated_option
 @config_option
 @json_option
 @handle_errors
-def history(limit: int, request_id: str | None, config_path: Path | None, as_json: bool) -> None:
+def history(
+    limit: int, request_id: str | None, emulated: bool, config_path: Path | None, as_json: bool
+) -> None:
     """Recent requests, newest first."""
-    ledger = _ledger(config_path)
+    ledger = _ledger(config_path, emulated)
     try:
-        if request_id:
-            print_json(ledger.request_detail(request_id))
+        if request_id is not None:
+            # Always JSON: every attempt, task and image as stored; JSON escapes control
+            # characters, so a stored prompt cannot drive the terminal.
+            print_json(_detail(ledger, request_id))
             return
         rows = ledger.history(limit=limit)
+        # Paid tasks still being reconciled or collected (resume, the gateway's sweeper).
+        watching = ledger.watching()
     finally:
         ledger.close()
     if as_json:
-        print_json({"requests": [_row_dict(row) for row in rows]})
-        return
-    table = Table(title="Recent requests")
-    for column in ("when", "id", "status", "provider", "model", "images", "cost", "prompt"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            str(row.created_at)[:19],
-            row.request_id,
-            row.status,
-            row.provider or "",
-            row.model or "",
-            str(row.images),
-            f"${row.cost_usd}" if row.cost_usd is not None else "",
-            row.prompt,
+        print_json(
+            {"requests": [{**row.as_dict(), "watching": watching.get(row.request_id, 0)}
+                          for row in rows]}
         )
-    console.print(table)
+        return
+    console.print(fit_last_column(console, lambda width: _history_table(rows, width, watching)))
+
+
+def _history_table(
+    rows: list[Any], prompt_width: int | None, watching: dict[str, int] | None = None
+) -> Table:
+    """The id whole (`history --id` needs it) with its time under it; the backend is the
+    provider over the model. The prompt takes what is left."""
+    table = fold_table(
+        "Recent requests",
+        ("id / when (UTC)", "status", "backend", "images", "cost", "prompt"),
+        right=("images", "cost"),
+        widths={"prompt": prompt_width} if prompt_width else None,
+    )
+    costs = usd_texts(row.cost_usd for row in rows)
+    for row, cost in zip(rows, costs, strict=True):
+        when = cell(row.request_id, f"{row.created_at:%Y-%m-%d %H:%M:%S}")
+        table.add_row(
+            when,
+            # A possibly-billed or uncollected task is not forgotten: say it is watched.
+            cell(row.status, f"watching {watching[row.request_id]}")
+            if watching and watching.get(row.request_id)
+            else cell(row.status),
+            cell(row.provider or "-", row.model),
+            str(row.images),
+            cost,
+            cell(row.prompt),  # from gateway clients too: escaped, never markup
+        )
+    return table
+
+
+def _detail(ledger: Ledger, request_id: str) -> dict[str, Any]:
+    try:
+        return ledger.request_detail(request_id)
+    except KeyError:
+        raise click.BadParameter(
+            f"no request {printable(request_id)!r} in the ledger; `imagerouter history` lists "
+            "the ids",
+            param_hint="--id",
+        ) from None
 
 
 @click.command()
+@click.option(
+    "--output-dir",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save into this directory instead of each request's own (e.g. its disk is full).",
+)
+@_emulated_option
 @config_option
 @json_option
 @handle_errors
-def resume(config_path: Path | None, as_json: bool) -> None:
-    """Collect paid jobs whose images were never saved (after a crash or a kill)."""
+def resume(
+    output_dir: Path | None, emulated: bool, config_path: Path | None, as_json: bool
+) -> None:
+    """Collect paid jobs whose images were never saved (after a crash, a kill or a full
+    disk), look possibly-billed creates up again, and close what a killed run left open."""
     loaded = load(config_path)
+    if emulated:
+        # An emulated job's emulator died with its run: close such jobs, contact nothing.
+        emulated_path = emulated_ledger_path(loaded.config.ledger.path or default_ledger_path())
+        closed = close_orphans(emulated_path)
+        if as_json:
+            print_json({"tasks": [], "closed_emulated": closed})
+        else:
+            console.print(f"closed {closed} emulated job(s) whose emulator is gone")
+        return
     router = Router(loaded.config, plugins=loaded.plugins)
     try:
-        outcomes = router.resume()
+        outcomes = router.resume(output_dir=output_dir)
     finally:
         router.close()
     if as_json:
@@ -155,9 +233,11 @@ def resume(config_path: Path | None, as_json: bool) -> None:
     if not outcomes:
         console.print("nothing to resume: every accepted job has its images on disk")
     for outcome in outcomes:
-        console.print(f"{outcome.task_id} ({outcome.provider}): {outcome.state} {outcome.detail}")
+        # Provider text and stored paths: escaped, never markup; ids and paths never broken.
+        line = f"{outcome.task_id} ({outcome.provider}): {outcome.state} {outcome.detail}"
+        console.print(cell(line), soft_wrap=True)
         for path in outcome.images:
-            console.print(f"  {path}")
+            console.print(cell(f"  {path}"), soft_wrap=True)
 
 
 @click.command()
@@ -191,29 +271,40 @@ def health(free_checks: bool, config_path: Path | None, as_json: bool) -> None:
         print_json({"backends": [item.to_dict() for item in stats], "checks": checks})
         return
     for name, check in checks.items():
-        if check is None:
-            console.print(f"{name}: no free check")
-        else:
-            balance = (
-                f", balance ${check['balance_usd']}" if check["balance_usd"] is not None else ""
-            )
-            state = "[green]ok[/green]" if check["ok"] else "[red]failed[/red]"
-            console.print(f"{name}: {state} {check['detail']}{balance}")
-    table = Table(title="Backend health")
-    for column in ("provider", "model", "operation", "state", "failures", "p50 s", "retry in"):
-        table.add_column(column)
+        console.print(_check_line(name, check))
+    table = fold_table(
+        "Backend health",
+        ("provider", "model", "operation", "state", "failures", "p50 s", "retry in"),
+        right=("failures", "p50 s", "retry in"),
+    )
     for item in stats:
         provider, model, operation = item.key
         table.add_row(
-            provider,
-            model,
-            operation,
+            cell(provider),
+            cell(model),
+            cell(operation),
             item.state.value,
             str(item.consecutive_failures),
             f"{item.p50_latency_s:.1f}" if item.p50_latency_s is not None else "",
             f"{item.retry_in_s:.0f}s" if item.retry_in_s else "",
         )
     console.print(table)
+
+
+def _check_line(name: str, check: dict[str, Any] | None) -> Text:
+    """`runapi: ok balance $12.34`. A provider's detail usually is the balance already, so
+    the balance is printed once, from the number, and the detail only when there is none."""
+    line = Text(f"{printable(name)}: ")
+    if check is None:
+        return line.append("no free check")
+    line.append("ok" if check["ok"] else "failed", style="green" if check["ok"] else "red")
+    if check["balance_usd"] is not None:
+        [balance] = usd_texts([check["balance_usd"]])
+        return line.append(f" balance {balance}")
+    detail = str(check["detail"] or "")
+    # Errors name their provider first; the line already does.
+    detail = detail.removeprefix(f"{name}: ")
+    return line.append(f" {printable(detail)}" if detail else "")
 
 
 COMMANDS = [spend, history, resume, health]

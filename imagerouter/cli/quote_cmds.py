@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from ..offers import Offer
-from ..pricing import quantize
 from ..request import ImageInput
 from ..router import Router
 from .common import config_option, console, handle_errors, json_option, load, print_json
-from .request_options import request_fields, request_options
+from .request_options import check_providers, request_fields, request_options
+from .text import cell, fit_last_column, fold_table, usd_texts
 
 
 @click.command()
@@ -40,17 +42,20 @@ def quote(
 ) -> None:
     """Every backend's offer for PROMPT: eligible first, cheapest first. No call is made."""
     fields = request_fields(**options)
+    if with_mask and not edit_images:
+        raise click.UsageError("--mask quotes an edit: give --edit-images K too")
     if edit_images:
         fields["images"] = [_placeholder(i) for i in range(edit_images)]
         if with_mask:
             fields["mask"] = _placeholder(-1)
     loaded = load(config_path)
+    check_providers(fields, loaded.plugins.providers())
     router = Router(loaded.config, plugins=loaded.plugins, ledger=False)
     offers = router.quote(prompt, **fields)
     if as_json:
         print_json({"offers": [offer.to_dict() for offer in offers]})
         return
-    console.print(_offers_table(offers))
+    console.print(fit_last_column(console, lambda width: _offers_table(offers, width)))
 
 
 def _placeholder(index: int) -> ImageInput:
@@ -58,44 +63,43 @@ def _placeholder(index: int) -> ImageInput:
     return ImageInput(kind="bytes", data=b"", label=label)
 
 
-def _offers_table(offers: list[Offer]) -> Table:
+def _offers_table(offers: list[Offer], note_width: int | None) -> Table:
+    """Backend (provider over model), the native parameters one per line so none is split,
+    prices with one number of decimals; the note (or the reason an offer is out) takes what
+    width is left."""
     tiers = any(offer.tier for offer in offers)
-    table = Table(title="Offers (eligible first, cheapest first)")
-    columns = ["provider", "model", *(["tier"] if tiers else []), "params", "tasks"]
-    for column in [*columns, "per image", "total", "note"]:
-        table.add_column(
-            column,
-            justify="right" if column in ("per image", "total") else "left",
-            no_wrap=column in ("provider", "model", "tasks", "per image", "total"),
-            overflow="fold",
-        )
-    for offer in offers:
+    columns = ["backend", *(["tier"] if tiers else []), "params", "tasks", "per\nimage", "total",
+               "note"]
+    table = fold_table(
+        "Offers (eligible first, cheapest first)",
+        columns,
+        right=("tasks", "per\nimage", "total"),
+        widths={"note": note_width} if note_width else None,
+    )
+    money = usd_texts([o.per_image_usd for o in offers] + [o.total_usd for o in offers])
+    for i, offer in enumerate(offers):
         note = offer.reason if not offer.eligible else "; ".join(offer.notes)
-        cells = [offer.provider, offer.model]
+        cells: list[Text | str] = [cell(offer.provider, offer.model)]
         if tiers:
-            cells.append(f"{offer.tier}[{offer.variant}]" if offer.tier else "")
+            cells.append(cell(f"{offer.tier}[{offer.variant}]" if offer.tier else ""))
         cells += [
-            _params(offer.params),
+            cell(*_params(offer.params)),
             str(offer.tasks) if offer.eligible else "",
-            _usd(offer.per_image_usd),
-            _usd(offer.total_usd),
-            note or "",
+            money[i],
+            money[len(offers) + i],
+            cell(note or ""),
         ]
         table.add_row(*cells, style=None if offer.eligible else "dim")
     return table
 
 
-def _params(params: Any) -> str:
+def _params(params: Any) -> list[str]:
     def show(value: Any) -> str:
         if isinstance(value, dict) and set(value) == {"width", "height"}:
             return f"{value['width']}x{value['height']}"
         return str(value)
 
-    return " ".join(f"{key}={show(value)}" for key, value in params.items())
-
-
-def _usd(amount: Any) -> str:
-    return "" if amount is None else f"${quantize(amount)}"
+    return [f"{key}={show(value)}" for key, value in params.items()]
 
 
 @click.command()
@@ -111,16 +115,22 @@ def prices(config_path: Path | None, as_json: bool) -> None:
         print_json({"prices": [table.to_dict() for table in tables.values()]})
         return
     for name, table in tables.items():
-        grid = Table(title=f"{name}: {table.source} (read {table.read_on})")
-        grid.add_column("model.operation.dimensions")
-        grid.add_column("USD per image", justify="right")
-        grid.add_column("")
-        for path, amount in table.rows():
-            mark = "override" if path in table.overridden else ""
-            grid.add_row(path, f"{amount}", mark)
+        grid = fold_table(
+            f"{name}: {table.source} (read {table.read_on})",
+            ("model.operation.dimensions", "USD per image", "source"),
+            right=("USD per image",),
+        )
+        rows = list(table.rows())
+        # As stored (every decimal the source gave), one number of decimals for the table.
+        amounts = usd_texts(Decimal(str(amount)) for _path, amount in rows)
+        for (path, _amount), amount in zip(rows, amounts, strict=True):
+            grid.add_row(
+                cell(path), amount, "your config" if path in table.overridden else "shipped"
+            )
         console.print(grid)
         if table.notes:
-            console.print(f"[dim]{table.notes}[/dim]\n")
+            console.print(cell(table.notes), style="dim")
+            console.print()
 
 
 @click.command()
@@ -159,22 +169,21 @@ def providers(as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    table = Table(title="Providers")
-    for column in ("name", "title", "version", "key", "idempotent creates"):
-        table.add_column(column)
+    table = fold_table("Providers", ("name", "title", "version", "key", "idempotent creates"))
     for item in data["providers"]:
         table.add_row(
-            str(item["name"]),
-            str(item["title"]),
-            str(item["version"]),
-            str(item["key_env_var"]),
+            cell(item["name"]),
+            cell(item["title"]),
+            cell(item["version"]),
+            cell(item["key_env_var"]),
             "yes" if item["idempotent_creates"] else "no (reconciled by client_ref)",
         )
     console.print(table)
     for error in data["errors"]:
-        console.print(
-            f"[red]plugin {error['plugin']} failed ({error['stage']}):[/red] {error['error']}"
-        )
+        # A plugin's error text is printed as text, never as markup.
+        line = cell(f"plugin {error['plugin']} failed ({error['stage']}): {error['error']}")
+        line.stylize("red")
+        console.print(line, soft_wrap=True)
 
 
 def _base_emulator() -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 import click
@@ -44,3 +44,13 @@ def request_fields(**kwargs: Any) -> dict[str, Any]:
     if "providers" in fields:
         fields["providers"] = tuple(fields["providers"])
     return fields
+
+
+def check_providers(fields: dict[str, Any], known: Collection[str]) -> None:
+    """`--provider nope` is a typo, not "no backend is eligible": exit 2, naming the known."""
+    for name in fields.get("providers", ()):
+        if name not in known:
+            raise click.BadParameter(
+                f"no provider {name!r}; known: {', '.join(sorted(known)) or 'none'}",
+                param_hint="--provider",
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from ..execution import Progress
-from ..pricing import quantize
+from ..emulated import emulated_errors
 from ..result import GenerationResult
 from .common import (
     config_option,
@@ -23,7 +23,10 @@ from .common import (
     open_router,
     print_json,
 )
-from .request_options import request_fields, request_options
+from .live import AttemptBoard
+from .reporting import emit_failure, one_line
+from .request_options import check_providers, request_fields, request_options
+from .text import fit_last_column, usd_texts
 
 
 def _run_options(func: Any) -> Any:
@@ -103,14 +106,29 @@ def _run(
     config_path: Path | None,
     as_json: bool,
 ) -> None:
-    with open_router(config_path, emulate=emulate, faults=faults) as router:
+    with (
+        emulated_errors(emulate),
+        open_router(config_path, emulate=emulate, faults=faults) as router,
+    ):
+        check_providers(fields, router.plugins.providers())
         if output_dir is not None:
             fields["output_dir"] = output_dir
         live = not as_json and sys.stdout.isatty()
-        if not live:
-            result = router.generate(prompt, **fields)
-        else:
-            result = _with_live_progress(router, prompt, fields)
+        try:
+            if not live:
+                result = router.generate(prompt, **fields)
+            else:
+                result = _with_live_progress(router, prompt, fields)
+        except KeyboardInterrupt:
+            # Say what was interrupted and what is still paid for at the provider.
+            for interruption in router.recovery.interruptions:
+                err_console.print(interruption.message(), markup=False, highlight=False)
+            if not router.recovery.interruptions:
+                err_console.print("interrupted before any request was sent", markup=False)
+            if as_json:  # scripts parse every outcome, an interrupt too
+                said = [i.message() for i in router.recovery.interruptions]
+                emit_failure("Interrupted", "; ".join(said) or "interrupted", as_json=True)
+            sys.exit(130)
     if as_json:
         print_json(result.to_dict())
         return
@@ -118,54 +136,60 @@ def _run(
 
 
 def _with_live_progress(router: Any, prompt: str, fields: dict[str, Any]) -> GenerationResult:
-    rows: dict[tuple[str, int], Progress] = {}
     started = time.monotonic()
 
     def render() -> Table:
-        table = Table(title=f"imagerouter  {time.monotonic() - started:.1f}s")
-        for column in ("provider", "task", "status", "elapsed"):
-            table.add_column(column)
-        for note in rows.values():
-            table.add_row(
-                note.provider, f"{note.task + 1}/{note.tasks}", note.state, f"{note.elapsed_s:.1f}s"
+        title = f"imagerouter  {time.monotonic() - started:.1f}s"
+        return fit_last_column(err_console, lambda width: board.table(title, width))
+
+    with Live(console=err_console, refresh_per_second=8, transient=True) as live:
+        board = AttemptBoard(on_change=lambda: live.update(render()))
+        live.update(render())
+        name = router.plugins.register(board, name="imagerouter-cli-live")
+        try:
+            return router.generate(  # type: ignore[no-any-return]
+                prompt, progress=board.note, **fields
             )
-        return table
-
-    with Live(render(), console=err_console, refresh_per_second=8, transient=True) as live:
-
-        def progress(note: Progress) -> None:
-            rows[(note.provider, note.task)] = note
-            live.update(render())
-
-        return router.generate(prompt, progress=progress, **fields)  # type: ignore[no-any-return]
+        finally:
+            router.plugins.unregister(name=name)
 
 
 def _print_result(result: GenerationResult, emulate: bool) -> None:
-    billed = f", billed ${quantize(result.billed_usd)}" if result.billed_usd is not None else ""
+    # soft_wrap: paths and ids are never broken by rich; the terminal wraps long lines.
+    cost, billed = usd_texts([result.cost_usd, result.billed_usd])
+    billed = f", billed {billed}" if billed else ""
     where = " (emulated: nothing was charged)" if emulate else ""
     console.print(
         f"[green]{len(result.images)} image(s)[/green] from {result.provider} {result.model} "
-        f"for ${quantize(result.cost_usd)}{billed}{where}"
+        f"for {cost}{billed}{where}",
+        soft_wrap=True,
     )
     for image in result.images:
         converted = f" (converted from {image.converted_from})" if image.converted_from else ""
         console.print(
             f"  {image.path}  {image.width}x{image.height} {image.format}{converted}  "
-            f"sha256 {image.sha256[:16]}"
+            f"sha256 {image.sha256[:16]}",
+            soft_wrap=True,
+            markup=False,
         )
     if len(result.attempts) > 1:
         console.print("attempts:")
-        for attempt in result.attempts:
+        for number, attempt in enumerate(result.attempts, 1):
+            why = f": {one_line(attempt.error)}" if attempt.error else ""
             console.print(
-                f"  {attempt.provider}/{attempt.model}: {attempt.outcome} "
-                f"(accepted {attempt.accepted}) {attempt.error_type or ''}"
+                f"  {number}. {attempt.provider}/{attempt.model}: {attempt.outcome} "
+                f"(accepted {attempt.accepted}){why}",
+                markup=False,
+                soft_wrap=True,
             )
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
 
 
 @click.command()
-@click.option("--port", type=int, default=0, help="First port (0: free ports).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="First port (0: free ports)."
+)
 @click.option("--provider", "names", multiple=True, help="Only these providers.")
 @click.option("--faults", multiple=True, help="PROVIDER=SPEC, e.g. runflow=create:429@0.3.")
 @click.option("--latency", default="uniform:0.5,2", help="Job durations: 0.5, uniform:a,b ...")
@@ -179,9 +203,17 @@ def emulate(
     from ..plugins import Plugins
     from .common import parse_faults
 
-    fault_map = parse_faults(faults)
-    servers = []
+    if not api_key.strip():
+        raise click.BadParameter("the key must not be empty", param_hint="--api-key")
     plugins = Plugins.load()
+    unknown = sorted(set(names) - set(plugins.providers()))
+    if unknown:
+        raise click.BadParameter(
+            f"no provider {unknown[0]!r}; known: {', '.join(sorted(plugins.providers()))}",
+            param_hint="--provider",
+        )
+    fault_map = parse_faults(faults, plugins.providers())
+    servers = []
     for offset, (name, provider) in enumerate(sorted(plugins.providers().items())):
         if names and name not in names:
             continue
@@ -196,11 +228,11 @@ def emulate(
             continue
         server = EmulatorServer(app.app, port=port + offset if port else 0).start()
         servers.append(server)
-        env = provider.base_url_env_var
-        console.print(
-            f"{name}: {server.url}   ({env}={server.url}  {provider.key_env_var}={api_key})"
-        )
-    console.print("Ctrl-C to stop.")
+        # Plain `export NAME=value` lines (no markup, no wrapping) so they paste into a shell.
+        click.echo(f"# {name} emulator on {server.url}")
+        click.echo(f"export {provider.base_url_env_var}={shlex.quote(server.url)}")
+        click.echo(f"export {provider.key_env_var}={shlex.quote(api_key)}")
+    click.echo("# Ctrl-C to stop.")
     try:
         while True:
             time.sleep(3600)

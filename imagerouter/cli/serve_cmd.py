@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from pathlib import Path
 
@@ -12,10 +14,11 @@ from ..config import Config
 from ..emulated import Emulators
 from ..gateway import create_app
 from ..gateway.auth import is_loopback
+from ..gateway.server import bind, server_config, show_access_log
 from ..plugins import Plugins
 from .common import config_option, handle_errors, load, parse_faults
 
-__all__ = ["COMMANDS", "binding_problem", "serve"]
+__all__ = ["COMMANDS", "binding_problem", "listen", "serve"]
 
 
 def binding_problem(host: str, config: Config) -> str | None:
@@ -27,6 +30,23 @@ def binding_problem(host: str, config: Config) -> str | None:
         "spend your budget. Set gateway.api_keys in the config (e.g. api_keys: "
         "[\"${IMAGEROUTER_GATEWAY_KEY}\"]) or listen on 127.0.0.1."
     )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, opened before the banner: a port in use is one line, exit 2."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return bind(host, port)
+    except socket.gaierror:
+        problem = f"cannot listen on {where}: {host!r} is not an address or a known host name"
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            problem = (f"cannot listen on {where}: the port is already in use (another "
+                       "server is running there?); pick another with --port")
+        else:
+            problem = f"cannot listen on {where}: {exc.strerror or exc}"
+    click.echo(f"error: {problem}", err=True)
+    sys.exit(2)
 
 
 @click.command()
@@ -51,24 +71,34 @@ def serve(
         sys.exit(2)
     if faults and not emulate:
         raise click.UsageError("--faults works only with --emulate")
-    if not loaded.config.gateway.api_keys:
-        click.echo(
-            f"warning: no gateway.api_keys configured: no authentication; listening on "
-            f"{host} (loopback) only",
-            err=True,
-        )
-    if not emulate:
-        _run(loaded.config, loaded.plugins, host, port, emulated=False)
-        return
-    with Emulators.start(
-        loaded.plugins, latency="uniform:0.2,0.6", faults=parse_faults(faults)
-    ) as emulators:
-        _run(emulators.configure(loaded.config), loaded.plugins, host, port, emulated=True)
+    fault_map = parse_faults(faults, loaded.plugins.providers())  # bad specs: exit 2 now
+    sock = listen(host, port)
+    with sock:
+        if not loaded.config.gateway.api_keys:
+            click.echo(
+                f"warning: no gateway.api_keys configured: no authentication; listening on "
+                f"{host} (loopback) only",
+                err=True,
+            )
+        if not is_loopback(host) and not loaded.config.gateway.allowed_hosts:
+            click.echo(
+                "note: requests must name this machine's address in their Host header; list "
+                "the DNS names clients use in gateway.allowed_hosts",
+                err=True,
+            )
+        if not emulate:
+            _run(loaded.config, loaded.plugins, sock, emulated=False)
+            return
+        with Emulators.start(
+            loaded.plugins, latency="uniform:0.2,0.6", faults=fault_map
+        ) as emulators:
+            _run(emulators.configure(loaded.config), loaded.plugins, sock, emulated=True)
 
 
-def _run(config: Config, plugins: Plugins, host: str, port: int, *, emulated: bool) -> None:
+def _run(config: Config, plugins: Plugins, sock: socket.socket, *, emulated: bool) -> None:
     app = create_app(config, plugins=plugins)
-    router = app.state.gateway.router  # build it now: a config problem shows before binding
+    router = app.state.gateway.router  # build it now: a config problem shows before serving
+    host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     providers = ", ".join(sorted(router.catalog.entries)) or "none"
     click.echo(
@@ -76,10 +106,9 @@ def _run(config: Config, plugins: Plugins, host: str, port: int, *, emulated: bo
         f"{', emulated' if emulated else ''}); point OPENAI_BASE_URL at it",
         err=True,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info")
-    )
-    server.run()
+    show_access_log()
+    server = uvicorn.Server(server_config(app, config.gateway, host=host, port=port))
+    server.run(sockets=[sock])
 
 
 COMMANDS = [serve]

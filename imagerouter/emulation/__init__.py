@@ -7,6 +7,7 @@ both emulators inject faults, bill and serve files alike, and tests drive them t
 from __future__ import annotations
 
 from .counters import EmulatorCounters
+from .errors import EmulationSpecError
 from .faults import ENDPOINTS, FAULT_KINDS, STATUS_FAULTS, Fault, FaultPlan
 from .images import IMAGE_FORMATS, MIME_TYPES, normalize_format, render_image
 from .jobs import EmulatedJob, JobBook, JobFate, JobState
@@ -22,6 +23,7 @@ __all__ = [
     "STATUS_FAULTS",
     "ConnectionDropped",
     "EmulatedJob",
+    "EmulationSpecError",
     "EmulatorApp",
     "EmulatorCounters",
     "EmulatorOptions",

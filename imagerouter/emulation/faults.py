@@ -13,6 +13,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import EmulationSpecError
+
 __all__ = ["ENDPOINTS", "FAULT_KINDS", "STATUS_FAULTS", "Fault", "FaultPlan"]
 
 STATUS_FAULTS = frozenset({"500", "502", "503", "429", "402", "401", "403", "422"})
@@ -45,6 +47,10 @@ _ONLY_ON: dict[str, frozenset[str]] = {
 }
 _OK = "ok"
 _EXAMPLES = "e.g. 'create:503@0.3', 'create:429@1:retry_after=2', 'create:seq=429,ok'"
+
+
+def _spec_error(message: str) -> EmulationSpecError:
+    return EmulationSpecError("faults", message)
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,13 @@ def _applicable(fault: Fault | None, endpoint: str) -> bool:
 def _parse_kind(kind: str, endpoint: str, rule: str) -> str:
     kind = kind.strip().lower()
     if kind not in FAULT_KINDS:
-        raise ValueError(
+        raise _spec_error(
             f"fault rule {rule!r}: unknown fault kind {kind!r}; "
             f"known: {', '.join(sorted(FAULT_KINDS))}"
         )
     allowed = _ONLY_ON.get(kind)
     if allowed is not None and endpoint != "any" and endpoint not in allowed:
-        raise ValueError(
+        raise _spec_error(
             f"fault rule {rule!r}: {kind!r} only applies to {' or '.join(sorted(allowed))}, "
             f"not {endpoint!r}"
         )
@@ -101,11 +107,11 @@ def _parse_rule(text: str) -> _Rule:
     endpoint, sep, rest = rule.partition(":")
     endpoint = endpoint.strip().lower()
     if not sep or not rest.strip():
-        raise ValueError(
+        raise _spec_error(
             f"fault rule {rule!r}: expected 'endpoint:kind[@probability]', {_EXAMPLES}"
         )
     if endpoint not in ENDPOINTS:
-        raise ValueError(
+        raise _spec_error(
             f"fault rule {rule!r}: unknown endpoint {endpoint!r}; "
             f"known: {', '.join(sorted(ENDPOINTS))}"
         )
@@ -115,24 +121,24 @@ def _parse_rule(text: str) -> _Rule:
         key, eq, value = option.partition("=")
         key = key.strip().lower()
         if key != "retry_after" or not eq:
-            raise ValueError(
+            raise _spec_error(
                 f"fault rule {rule!r}: unknown option {option!r}; the only option is "
                 "retry_after=SECONDS"
             )
         try:
             retry_after = float(value)
         except ValueError:
-            raise ValueError(
+            raise _spec_error(
                 f"fault rule {rule!r}: retry_after {value!r} is not a number"
             ) from None
         if retry_after < 0:
-            raise ValueError(f"fault rule {rule!r}: retry_after must not be negative")
+            raise _spec_error(f"fault rule {rule!r}: retry_after must not be negative")
 
     head = head.strip()
     if head.lower().startswith("seq="):
         steps = [step.strip() for step in head[4:].split(",")]
         if not steps or any(not step for step in steps):
-            raise ValueError(f"fault rule {rule!r}: empty step in the sequence")
+            raise _spec_error(f"fault rule {rule!r}: empty step in the sequence")
         sequence: list[Fault | None] = []
         for step in steps:
             if step.lower() == _OK:
@@ -147,13 +153,13 @@ def _parse_rule(text: str) -> _Rule:
         try:
             probability = float(prob_text)
         except ValueError:
-            raise ValueError(
+            raise _spec_error(
                 f"fault rule {rule!r}: probability {prob_text!r} is not a number"
             ) from None
         if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"fault rule {rule!r}: probability must be between 0 and 1")
+            raise _spec_error(f"fault rule {rule!r}: probability must be between 0 and 1")
     if kind.strip().lower() == _OK:
-        raise ValueError(f"fault rule {rule!r}: 'ok' is only meaningful inside seq=...")
+        raise _spec_error(f"fault rule {rule!r}: 'ok' is only meaningful inside seq=...")
     fault = Fault(_parse_kind(kind, endpoint, rule), retry_after)
     return _Rule(endpoint, probability, fault, None, text=rule)
 

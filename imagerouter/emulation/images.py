@@ -2,6 +2,10 @@
 
 Built from Pillow primitives that run in C (`linear_gradient`, `resize`, `merge`) so a
 1024x1024 image renders in tens of milliseconds; a per-pixel Python loop would take seconds.
+
+Every image of a job is distinct (its seed tints the gradient and a label names the image and
+the job), so `-n 10` gives ten different files; an edit starts from its input image, fitted to
+the output size and washed with the gradient, so the result visibly derives from the input.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import random
 import textwrap
 from functools import lru_cache
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 __all__ = ["IMAGE_FORMATS", "MIME_TYPES", "normalize_format", "render_image"]
 
@@ -59,8 +63,28 @@ def _gradient(width: int, height: int, seed: int, transparent: bool) -> Image.Im
         # 0..255 top to bottom -> clear at the top and bottom edges, opaque in the middle.
         bands.append(base.point(lambda v: 255 - abs(2 * v - 255)))
         mode = "RGBA"
+    # A tint per seed: two images whose transposes happen to match still differ in colour.
+    for index in range(3):
+        low, high = rng.randint(0, 96), rng.randint(160, 255)
+        bands[index] = bands[index].point([low + v * (high - low) // 255 for v in range(256)])
     small = Image.merge(mode, bands)
     return small.resize((width, height), Image.Resampling.BILINEAR)
+
+
+_SOURCE_SHARE = 0.7  # how much of an edit's input shows through the gradient wash
+
+
+def _from_source(source: bytes, background: Image.Image) -> Image.Image | None:
+    """The input image fitted (cropped to cover) to the background's size and washed with it,
+    or None when the input cannot be read (then the edit looks like a generation)."""
+    try:
+        with Image.open(io.BytesIO(source)) as opened:
+            opened.draft("RGB", background.size)  # JPEG: decode no larger than needed
+            picture = ImageOps.exif_transpose(opened).convert(background.mode)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    fitted = ImageOps.fit(picture, background.size, Image.Resampling.BILINEAR)
+    return Image.blend(background, fitted, _SOURCE_SHARE)
 
 
 def _draw_prompt(image: Image.Image, prompt: str) -> None:
@@ -84,6 +108,22 @@ def _draw_prompt(image: Image.Image, prompt: str) -> None:
     )
 
 
+def _draw_label(image: Image.Image, label: str) -> None:
+    width, height = image.size
+    if width < 32 or height < 32 or not label:
+        return
+    size = max(8, min(width, height) // 32)
+    draw = ImageDraw.Draw(image)
+    draw.text(
+        (width // 20, height - height // 20 - size),
+        label,
+        font=_font(size),
+        fill=(255, 255, 255, 255),
+        stroke_width=max(1, size // 12),
+        stroke_fill=(0, 0, 0, 255),
+    )
+
+
 def render_image(
     prompt: str,
     width: int,
@@ -92,17 +132,24 @@ def render_image(
     *,
     transparent: bool = False,
     seed: int = 0,
+    label: str = "",
+    source: bytes | None = None,
 ) -> bytes:
     """Encode a `width` x `height` image of `prompt` on a gradient as png, jpeg or webp.
 
     With `transparent` (png/webp), the alpha falls from opaque at the middle to clear at the top
-    and bottom edges; jpeg has no alpha and ignores it. The same arguments give the same bytes.
+    and bottom edges; jpeg has no alpha and ignores it. `label` is written small at the bottom
+    (e.g. "image 2 of 4, job 1a2b3c4d"); `source` (an edit's input image, encoded) becomes the
+    picture under the wash. The same arguments give the same bytes.
     """
     name = normalize_format(fmt)
     if not (1 <= width <= _MAX_EDGE and 1 <= height <= _MAX_EDGE):
         raise ValueError(f"image size {width}x{height} is outside 1..{_MAX_EDGE} per edge")
     image = _gradient(width, height, seed, transparent and name != "jpeg")
+    if source is not None:
+        image = _from_source(source, image) or image
     _draw_prompt(image, prompt)
+    _draw_label(image, label)
     out = io.BytesIO()
     if name == "png":
         image.save(out, "PNG", compress_level=1)

@@ -7,12 +7,17 @@ rendered lazily, once per job, the first time someone asks for its files.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import threading
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from .images import MIME_TYPES, normalize_format, render_image
 
@@ -25,6 +30,7 @@ JobFate = Literal["succeed", "fail", "stuck"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
 _QUEUED_SHARE = 0.2  # the first fifth of a job's duration is spent "queued"
+_FILE_URL = re.compile(r"/files/([0-9A-Za-z_-]+)$")  # both emulators serve files there
 
 
 @dataclass
@@ -42,6 +48,7 @@ class EmulatedJob:
     prompt: str
     cost: Decimal  # billed when it succeeds
     transparent: bool = False
+    source: bytes | None = field(default=None, repr=False)  # an edit's first input image
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific
     settled: bool = False  # billed (or counted as failed) already
 
@@ -133,6 +140,8 @@ class JobBook:
                     job.fmt,
                     transparent=job.transparent,
                     seed=seed,
+                    label=f"image {index + 1} of {job.count}, job {job.id[:8]}",
+                    source=job.source,
                 )
                 rendered.append(_StoredFile(data, MIME_TYPES[job.fmt], f"{job.id}-{index}.{ext}"))
             with self._lock:
@@ -154,6 +163,28 @@ class JobBook:
         with self._lock:
             stored = self._files.get(file_id)
         return None if stored is None else stored.name
+
+    def source_image(self, urls: Sequence[Any]) -> bytes | None:
+        """The bytes of the first input image this emulator can see without a network: a
+        `data:` URI or one of its own `/files/{id}` URLs (an upload). None otherwise: an
+        emulator never fetches a URL, so such an edit is drawn like a generation."""
+        for url in urls:
+            if not isinstance(url, str):
+                continue
+            if url.startswith("data:"):
+                head, _, payload = url.partition(",")
+                if head.endswith(";base64"):
+                    try:
+                        return base64.b64decode(payload, validate=True)
+                    except (binascii.Error, ValueError):
+                        continue
+                continue
+            match = _FILE_URL.search(urlsplit(url).path)
+            if match is not None:
+                found = self.file(match.group(1))
+                if found is not None:
+                    return found[0]
+        return None
 
     def put_file(self, data: bytes, mime: str, name: str) -> str:
         """Store an upload; returns its file id."""

@@ -7,12 +7,18 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import EmulationSpecError
+
 __all__ = ["LatencyModel"]
 
 # z-score of the 95th percentile of a standard normal: turns (p50, p95) into lognormal sigma.
 _Z95 = 1.6448536269514722
 
 LatencyKind = Literal["fixed", "uniform", "lognormal"]
+
+
+def _error(message: str) -> EmulationSpecError:
+    return EmulationSpecError("latency", message)
 
 
 @dataclass(frozen=True)
@@ -29,19 +35,15 @@ class LatencyModel:
 
     def __post_init__(self) -> None:
         if self.kind not in ("fixed", "uniform", "lognormal"):
-            raise ValueError(
-                f"latency kind {self.kind!r} is unknown; use fixed, uniform or lognormal"
-            )
+            raise _error(f"kind {self.kind!r} is unknown; use fixed, uniform or lognormal")
         if not (math.isfinite(self.a) and math.isfinite(self.b)):
-            raise ValueError("latency values must be finite numbers")
+            raise _error("values must be finite numbers")
         if self.a < 0 or self.b < 0:
-            raise ValueError(f"latency values must not be negative (got {self.a}, {self.b})")
+            raise _error(f"values must not be negative (got {self.a:g}, {self.b:g})")
         if self.kind == "uniform" and self.b < self.a:
-            raise ValueError(f"uniform latency needs low <= high (got {self.a}, {self.b})")
+            raise _error(f"uniform needs low <= high (got {self.a:g}, {self.b:g})")
         if self.kind == "lognormal" and not (0 < self.a <= self.b):
-            raise ValueError(
-                f"lognormal latency needs 0 < p50 <= p95 (got p50={self.a}, p95={self.b})"
-            )
+            raise _error(f"lognormal needs 0 < p50 <= p95 (got p50={self.a:g}, p95={self.b:g})")
 
     @classmethod
     def parse(cls, text: str) -> LatencyModel:
@@ -51,26 +53,33 @@ class LatencyModel:
         if not sep:
             kind, rest = "fixed", spec
         kind = kind.strip().lower()
-        try:
-            values = [float(part) for part in rest.split(",")]
-        except ValueError:
-            raise ValueError(
-                f"latency {text!r}: expected numbers, e.g. '0.05', 'uniform:0.01,0.05' "
-                "or 'lognormal:4,30'"
-            ) from None
         kinds: dict[str, LatencyKind] = {
             "fixed": "fixed",
             "uniform": "uniform",
             "lognormal": "lognormal",
         }
         if kind not in kinds:
-            raise ValueError(
-                f"latency {text!r}: unknown kind {kind!r}; use fixed, uniform or lognormal"
-            )
+            raise _error(f"{text!r}: unknown kind {kind!r}; use fixed, uniform or lognormal")
+        try:
+            values = [float(part) for part in rest.split(",")]
+        except ValueError:
+            raise _error(
+                f"{text!r}: expected numbers (seconds), e.g. '0.05', 'uniform:0.01,0.05' "
+                "or 'lognormal:4,30'"
+            ) from None
         wanted = 1 if kind == "fixed" else 2
         if len(values) != wanted:
-            raise ValueError(f"latency {text!r}: {kind} takes {wanted} number(s)")
-        return cls(kinds[kind], values[0], values[1] if wanted == 2 else 0.0)
+            raise _error(f"{text!r}: {kind} takes {wanted} number(s)")
+        try:
+            return cls(kinds[kind], values[0], values[1] if wanted == 2 else 0.0)
+        except EmulationSpecError as exc:
+            raise _error(f"{text!r}: {exc.detail}") from None
+
+    @property
+    def upper_s(self) -> float:
+        """A duration few jobs exceed: the fixed value, the uniform high end, the lognormal
+        p95. Emulated runs size their poll deadline from it."""
+        return self.a if self.kind == "fixed" else self.b
 
     def sample(self, rng: random.Random) -> float:
         """One duration in seconds."""

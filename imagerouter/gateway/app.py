@@ -7,13 +7,17 @@ from imagerouter.gateway import create_app
 app = create_app(load_config("imagerouter.yaml"))   # serve it with uvicorn
 ```
 
-Every route goes through `_endpoint`, which checks the gateway key (except `/healthz` and the
-provider callbacks, which are verified by signature), turns every error into OpenAI's error
-shape and counts the request for `/metrics`.
+Every request first passes `OriginGuard` (Host and Origin checks, CORS; guard.py) and is
+logged by `AccessLog` with its query string redacted. Every route goes through `_endpoint`,
+which checks the gateway key (except `/healthz` and the provider callbacks, which are verified
+by signature), gives the request its share of the in-flight body bytes, turns every error into
+OpenAI's error shape and counts the request for `/metrics`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,16 +26,20 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..errors import ImageRouterError
+from ..resume import sweep
 from . import routes
+from .access_log import AccessLog, redact_uvicorn_access_log
 from .auth import unauthorized
-from .bodies import read_body
+from .bodies import is_json, read_body, unsupported_media_type
 from .callbacks import MAX_CALLBACK_BYTES, read_note, verify_signature
 from .errors import ApiError, api_error_from, error_response, not_found
+from .guard import OriginGuard
 from .metrics import CONTENT_TYPE
 from .openai_shapes import model_list
 from .routes import gateway_of
@@ -59,11 +67,27 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        # The sweeper reconciles possibly-billed creates and collects uncollected jobs
+        # (imagerouter/resume.py); it never touches the jobs this gateway is running.
+        sweeper = asyncio.create_task(sweep(lambda: gateway.router, first_delay=True))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         await gateway.aclose()
 
+    settings = gateway.settings
+    redact_uvicorn_access_log()
     app = Starlette(
         routes=_routes(),
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(OriginGuard, allowed_hosts=settings.allowed_hosts,
+                       cors_origins=settings.cors_origins,
+                       public_base_url=settings.public_base_url),
+        ],
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
@@ -95,6 +119,8 @@ def _routes() -> list[Route]:
 def _endpoint(handler: Handler, name: str, *, auth: bool) -> Handler:
     async def endpoint(request: Request) -> Response:
         gateway = gateway_of(request)
+        share = gateway.inflight.share()
+        request.state.body_share = share
         try:
             if auth and not gateway.auth.allows(request.headers.get("authorization")):
                 raise unauthorized()
@@ -108,6 +134,8 @@ def _endpoint(handler: Handler, name: str, *, auth: bool) -> Handler:
         except Exception as exc:
             log.exception("%s %s failed", request.method, request.url.path)
             response = error_response(api_error_from(exc))
+        finally:
+            share.release()
         gateway.metrics.http_request(name, request.method, response.status_code)
         return response
 
@@ -163,7 +191,9 @@ async def _callback(request: Request) -> Response:
     provider = request.path_params["provider"]
     if provider not in gateway.router.catalog.entries:
         raise not_found(f"no provider {provider!r} here")
-    body = await read_body(request, MAX_CALLBACK_BYTES)
+    if not is_json(request):
+        raise unsupported_media_type("application/json")
+    body = await read_body(request, MAX_CALLBACK_BYTES, routes.body_share(request))
     try:
         verify_signature(provider, body, request.headers, gateway.settings)
     except ApiError:

@@ -1,32 +1,52 @@
 """Reading request bodies with caps: JSON objects and multipart uploads.
 
-Bodies are read chunk by chunk and refused as soon as they pass `gateway.max_body_bytes`
-(a declared `Content-Length` over the cap is refused before reading); each uploaded file is
-held to `gateway.max_upload_bytes`. Every problem is a 400 in OpenAI's shape, never a 500.
+A body of the wrong media type is a 415 before a byte of it is read: JSON routes take only
+`application/json`, edits only `multipart/form-data` (a browser can send `text/plain` to any
+address without a CORS preflight). Bodies are read chunk by chunk and refused as soon as they
+pass `gateway.max_body_bytes` (a declared `Content-Length` over the cap is refused before
+reading); a JSON body is held to `MAX_JSON_BODY_BYTES`, a form's text field to
+`MAX_TEXT_PART_BYTES`, and each uploaded file to `gateway.max_upload_bytes`. The bytes count
+against the gateway-wide pool (`inflight.py`) while held. Text must be UTF-8. Every problem is
+a 4xx in OpenAI's shape, never a 500.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message
 
 from ..request import ImageInput
 from .errors import ApiError, bad_request
-from .openai_shapes import MAX_INPUT_IMAGES
+from .inflight import BodyShare
+from .openai_shapes import MAX_INPUT_IMAGES, MAX_PROMPT_CHARS, shown
 
-__all__ = ["EditForm", "is_multipart", "read_body", "read_edit_form", "read_json_object"]
+__all__ = [
+    "MAX_JSON_BODY_BYTES",
+    "MAX_TEXT_PART_BYTES",
+    "EditForm",
+    "is_json",
+    "is_multipart",
+    "read_body",
+    "read_edit_form",
+    "read_json_object",
+    "unsupported_media_type",
+]
 
 _MAX_FORM_FIELDS = 100
 _IMAGE_FIELDS = ("image", "image[]")
+# A generation body is a prompt (32,000 characters, at most 6 bytes each as JSON escapes)
+# plus a few short fields: 1 MiB is ample, and nothing bigger is held for a JSON route.
+MAX_JSON_BODY_BYTES = 1024 * 1024
+# A form's text field: the longest prompt in UTF-8 (4 bytes a character at most).
+MAX_TEXT_PART_BYTES = 4 * MAX_PROMPT_CHARS
 
 
 @dataclass(frozen=True)
@@ -36,19 +56,39 @@ class EditForm:
     mask: ImageInput | None
 
 
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
 def is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+    return _media_type(request) == "multipart/form-data"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or a 400 once it passes `limit` bytes."""
+def is_json(request: Request) -> bool:
+    return _media_type(request) == "application/json"
+
+
+def unsupported_media_type(wanted: str) -> ApiError:
+    return ApiError(
+        415,
+        f"This endpoint takes {wanted} bodies (send the matching Content-Type header).",
+        code="invalid_content_type",
+    )
+
+
+async def read_body(request: Request, limit: int, share: BodyShare | None = None) -> bytes:
+    """The whole body, or a 400 once it passes `limit` bytes. With `share`, the bytes are
+    taken from the gateway's pool first (a 503 when it is full)."""
     declared = request.headers.get("content-length")
+    reserved = 0
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise _too_large(limit)
-        except ValueError:
-            raise bad_request("invalid Content-Length header") from None
+        if not declared.strip().isdigit():
+            raise bad_request("invalid Content-Length header")
+        if int(declared) > limit:
+            raise _too_large(limit)
+        reserved = int(declared)
+        if share is not None:
+            share.take(reserved)
     chunks: list[bytes] = []
     total = 0
     try:
@@ -56,6 +96,10 @@ async def read_body(request: Request, limit: int) -> bytes:
             total += len(chunk)
             if total > limit:
                 raise _too_large(limit)
+            if total > reserved:  # chunked, or more than declared: counted as it comes
+                if share is not None:
+                    share.take(total - reserved)
+                reserved = total
             chunks.append(chunk)
     except ClientDisconnect:
         raise bad_request("the client disconnected while sending the body",
@@ -71,12 +115,16 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    body = await read_body(request, limit)
+async def read_json_object(
+    request: Request, limit: int, share: BodyShare | None = None
+) -> dict[str, Any]:
+    if not is_json(request):
+        raise unsupported_media_type("application/json")
+    body = await read_body(request, min(limit, MAX_JSON_BODY_BYTES), share)
     try:
-        # Decimals, not floats: max_cost_usd is money.
-        data = json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        # Decimals, not floats: max_cost_usd is money. UTF-8 only (RFC 8259).
+        data = json.loads(body.decode("utf-8"), parse_float=Decimal)
+    except (ValueError, RecursionError):
         raise bad_request(
             "We could not parse the JSON body of your request. The body must be a JSON object.",
             code="invalid_json",
@@ -86,25 +134,25 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
-async def read_edit_form(request: Request, *, body_limit: int, upload_limit: int) -> EditForm:
+async def read_edit_form(
+    request: Request, *, body_limit: int, upload_limit: int, share: BodyShare | None = None
+) -> EditForm:
     """A multipart edit: `image` / `image[]` files (up to 16), an optional `mask` file, and
     the other parameters as text."""
     if not is_multipart(request):
-        raise bad_request(
-            "image edits take multipart/form-data (image files plus fields)",
-            code="invalid_content_type",
-        )
-    body = await read_body(request, body_limit)
-    replay = _Replay(body)
+        raise unsupported_media_type("multipart/form-data (image files plus fields)")
+    body = await read_body(request, body_limit, share)
     try:
-        form = await Request(request.scope, replay.receive).form(
-            max_files=MAX_INPUT_IMAGES + 1, max_fields=_MAX_FORM_FIELDS
-        )
-    except (MultiPartException, HTTPException) as exc:
-        # Starlette turns its parser's complaints into HTTPException(400) inside an app.
-        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
-        raise bad_request(f"the multipart body cannot be read: {detail}",
+        form = await _StrictParser(request.headers, _once(body),
+                                   max_files=MAX_INPUT_IMAGES + 1, max_fields=_MAX_FORM_FIELDS,
+                                   max_part_size=MAX_TEXT_PART_BYTES).parse()
+    except _FieldError as exc:
+        raise bad_request(exc.message, param=exc.param, code=exc.code) from None
+    except MultiPartException as exc:
+        raise bad_request(f"the multipart body cannot be read: {exc.message}",
                           code="invalid_multipart") from None
+    finally:
+        del body
     try:
         values: dict[str, str] = {}
         images: list[ImageInput] = []
@@ -163,15 +211,38 @@ def _label(filename: str | None, default: str) -> str:
     return f"{default} ({name})" if name else default
 
 
-class _Replay:
-    """An ASGI `receive` that hands back a body already read (and capped)."""
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
 
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self._sent = False
 
-    async def receive(self) -> Message:
-        if self._sent:
-            return {"type": "http.disconnect"}
-        self._sent = True
-        return {"type": "http.request", "body": self._body, "more_body": False}
+class _FieldError(MultiPartException):
+    """A text field the parser refused, naming it (OpenAI's `param`)."""
+
+    def __init__(self, message: str, param: str, code: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class _StrictParser(MultiPartParser):
+    """Starlette's parser, but a text field that is not UTF-8 is refused (Starlette falls
+    back to Latin-1 and would hand on mojibake), and an over-long one is refused naming it."""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + (end - start) > self.max_part_size:
+            name = shown(part.field_name)
+            raise _FieldError(f"{name} is longer than the gateway accepts", name,
+                              "string_above_max_length")
+        super().on_part_data(data, start, end)
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode("utf-8")
+            except UnicodeDecodeError:
+                name = shown(part.field_name)
+                raise _FieldError(f"{name} is not valid UTF-8 text", name,
+                                  "invalid_encoding") from None
+        super().on_part_end()

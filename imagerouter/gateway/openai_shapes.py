@@ -12,6 +12,9 @@ naming the parameter, as OpenAI does. The rules (docs/gateway.md):
   and ignored; ones that ask for something we cannot give (`stream: true`, `partial_images`,
   `svg`, ...) are a 400; anything else is a 400 `unknown_parameter`, as OpenAI's own server does.
 - imagerouter extensions: `tier`, `providers`, `max_cost_usd`.
+- every text value is capped (`prompt` at OpenAI's 32,000 characters, every other field at
+  `MAX_FIELD_CHARS`) and must be valid Unicode (a lone surrogate from a `\\ud800` JSON escape
+  is refused): a 400 naming the field, before anything is held or sent.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from ..request import MODELS, ImageInput, ImageRequest
 from .errors import bad_request
 
 __all__ = [
+    "MAX_FIELD_CHARS",
     "MAX_INPUT_IMAGES",
     "MAX_PROMPT_CHARS",
     "ImageCall",
     "ResponseFormat",
     "model_list",
     "parse_image_call",
+    "shown",
 ]
 
 ResponseFormat = Literal["b64_json", "url"]
@@ -39,6 +44,10 @@ Operation = Literal["generate", "edit"]
 
 MAX_PROMPT_CHARS = 32_000  # OpenAI's own limit for GPT Image prompts
 MAX_INPUT_IMAGES = 16  # OpenAI accepts up to 16 input images for an edit
+MAX_FIELD_CHARS = 256  # `user`, `model`, `size`, ...: short by nature; held on the job
+_MAX_NAME_CHARS = 64  # a parameter name
+_MAX_LIST_ITEMS = 32  # `providers`
+_SHOWN_CHARS = 64  # how much of a client's value an error message or log line repeats
 
 _COMMON = frozenset(
     {"prompt", "model", "n", "size", "quality", "output_format", "background",
@@ -102,6 +111,7 @@ def parse_image_call(
 ) -> ImageCall:
     """Validate OpenAI parameters (JSON values, or form strings for edits)."""
     allowed = _COMMON | (_EDIT_ONLY if operation == "edit" else frozenset())
+    _screen(values)
     ignored: list[str] = []
     for name, value in values.items():
         if name in allowed:
@@ -111,8 +121,8 @@ def parse_image_call(
         elif name in _ONLY_IF:
             if value not in _ONLY_IF[name]:
                 raise bad_request(
-                    f"{name}={value!r} is not supported: the gateway answers with whole "
-                    "images only (use POST /v1/images/jobs for long jobs)",
+                    f"{name}={shown(repr(value))} is not supported: the gateway answers with "
+                    "whole images only (use POST /v1/images/jobs for long jobs)",
                     param=name, code="unsupported_parameter",
                 )
             ignored.append(name)
@@ -161,6 +171,45 @@ def parse_image_call(
         mask=mask,
         ignored=tuple(ignored),
     )
+
+
+def shown(text: str) -> str:
+    """A client's text made safe to repeat in a message or log line: at most 64 characters,
+    no lone surrogates (they cannot be encoded as UTF-8), no line breaks."""
+    clipped = text[:_SHOWN_CHARS] + ("..." if len(text) > _SHOWN_CHARS else "")
+    clipped = clipped.encode("utf-8", "backslashreplace").decode("utf-8")
+    return clipped.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _screen(values: Mapping[str, Any]) -> None:
+    """Caps and Unicode checks on every name and text value, known parameter or not."""
+    for name, value in values.items():
+        if len(name) > _MAX_NAME_CHARS or not _is_unicode(name):
+            raise bad_request(f"Unknown parameter: '{shown(name)}'.", param=shown(name),
+                              code="unknown_parameter")
+        cap = MAX_PROMPT_CHARS if name == "prompt" else MAX_FIELD_CHARS
+        items = value if isinstance(value, list) else [value]
+        if len(items) > _MAX_LIST_ITEMS:
+            raise bad_request(f"{name} has more than {_MAX_LIST_ITEMS} items", param=name)
+        for item in items:
+            if not isinstance(item, str):
+                continue
+            if not _is_unicode(item):
+                raise bad_request(
+                    f"{name} is not valid Unicode text (it holds a lone surrogate)",
+                    param=name, code="invalid_encoding",
+                )
+            if len(item) > cap:
+                raise bad_request(f"{name} is longer than {cap} characters", param=name,
+                                  code="string_above_max_length")
 
 
 def _prompt(value: Any) -> str:

@@ -7,8 +7,15 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from .bodies import is_multipart, read_edit_form, read_json_object
+from .bodies import (
+    is_json,
+    is_multipart,
+    read_edit_form,
+    read_json_object,
+    unsupported_media_type,
+)
 from .errors import bad_request, error_response, not_found
+from .inflight import BodyShare
 from .openai_shapes import ImageCall, ResponseFormat, parse_image_call
 
 if TYPE_CHECKING:
@@ -16,6 +23,7 @@ if TYPE_CHECKING:
     from .service import Gateway
 
 __all__ = [
+    "body_share",
     "create_job",
     "edits",
     "gateway_of",
@@ -33,10 +41,17 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
+def body_share(request: Request) -> BodyShare | None:
+    """This request's part of the in-flight bytes pool (set by the app's endpoint wrapper)."""
+    share: BodyShare | None = getattr(request.state, "body_share", None)
+    return share
+
+
 async def _generation_call(
     request: Request, gateway: Gateway, default_format: ResponseFormat
 ) -> ImageCall:
-    values = await read_json_object(request, gateway.settings.max_body_bytes)
+    values = await read_json_object(request, gateway.settings.max_body_bytes,
+                                    body_share(request))
     return parse_image_call(values, operation="generate", config=gateway.config,
                             response_format_default=default_format)
 
@@ -45,7 +60,8 @@ async def _edit_call(
     request: Request, gateway: Gateway, default_format: ResponseFormat
 ) -> ImageCall:
     form = await read_edit_form(request, body_limit=gateway.settings.max_body_bytes,
-                                upload_limit=gateway.settings.max_upload_bytes)
+                                upload_limit=gateway.settings.max_upload_bytes,
+                                share=body_share(request))
     return parse_image_call(form.values, operation="edit", config=gateway.config,
                             response_format_default=default_format,
                             images=form.images, mask=form.mask)
@@ -62,7 +78,13 @@ async def edits(request: Request) -> Response:
     """POST /v1/images/edits (multipart)"""
     gateway = gateway_of(request)
     call = await _edit_call(request, gateway, gateway.settings.response_format_default)
-    return await _answer(request, gateway, gateway.submit(call))
+    return await _answer(request, gateway, gateway.submit(call, hold=_handover(request)))
+
+
+def _handover(request: Request) -> BodyShare | None:
+    # The job keeps the uploaded images until it ends, so it keeps their share too.
+    share = body_share(request)
+    return None if share is None else share.handover()
 
 
 async def _answer(request: Request, gateway: Gateway, job: Job) -> Response:
@@ -80,9 +102,12 @@ async def create_job(request: Request) -> Response:
     gateway = gateway_of(request)
     if is_multipart(request):
         call = await _edit_call(request, gateway, "url")
+        job = gateway.submit(call, hold=_handover(request))
+    elif is_json(request):
+        job = gateway.submit(await _generation_call(request, gateway, "url"))
     else:
-        call = await _generation_call(request, gateway, "url")
-    job = gateway.submit(call)
+        raise unsupported_media_type("application/json (a generation) or multipart/form-data "
+                                     "(an edit)")
     return JSONResponse(
         job.summary(),
         status_code=202,

@@ -21,8 +21,10 @@ from .auth import KeyCheck
 from .callbacks import ReplayGuard
 from .errors import ApiError
 from .files import FileStore
+from .inflight import BodyShare, InflightBytes
 from .jobs import Job, JobStore, install_event_relay
 from .metrics import Metrics
+from .openai_shapes import shown
 
 if TYPE_CHECKING:
     from ..config import Config, GatewaySettings
@@ -57,6 +59,7 @@ class Gateway:
         self.files = FileStore()
         self.metrics = Metrics()
         self.replays = ReplayGuard()
+        self.inflight = InflightBytes(self.settings.max_inflight_bytes)
         self.output_dir = Path(self.settings.output_dir or config.output.dir)
         # Gateway keys and callback secrets join the provider keys in the log redactor.
         redactor = default_redactor()
@@ -80,13 +83,27 @@ class Gateway:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def submit(self, call: ImageCall) -> Job:
-        """Check the call (400s come now, not from a job), then start it as a job."""
-        request = call.build_request()
-        offers = self.router.quote_request(request)
-        if not any(offer.eligible for offer in offers):
-            raise NoEligibleOfferError("no backend can serve this request:", offers)
-        return self.jobs.start(call, self._run, on_done=self._finished, sink=self.metrics.event)
+    def submit(self, call: ImageCall, *, hold: BodyShare | None = None) -> Job:
+        """Check the call (400s come now, not from a job), then start it as a job. `hold`:
+        in-flight bytes the job keeps (its uploads) until it ends."""
+        try:
+            request = call.build_request()
+            offers = self.router.quote_request(request)
+            if not any(offer.eligible for offer in offers):
+                raise NoEligibleOfferError("no backend can serve this request:", offers)
+        except BaseException:
+            if hold is not None:
+                hold.release()
+            raise
+        if hold is None:
+            return self.jobs.start(call, self._run, on_done=self._finished,
+                                   sink=self.metrics.event)
+
+        def finished(job: Job) -> None:
+            hold.release()
+            self._finished(job)
+
+        return self.jobs.start(call, self._run, on_done=finished, sink=self.metrics.event)
 
     async def _run(self, job: Job) -> GenerationResult:
         call = job.call
@@ -96,8 +113,10 @@ class Gateway:
             "output_dir": self.output_dir,
             "progress": job.note_progress,
         }
-        log.info("job %s: %s model=%s user=%s", job.id, call.operation, call.requested_model,
-                 call.user)
+        # Client text is clipped in logs (`shown`): a field's full value is never logged.
+        log.info("job %s: %s model=%s user=%s", job.id, call.operation,
+                 None if call.requested_model is None else shown(call.requested_model),
+                 None if call.user is None else shown(call.user))
         if call.operation == "edit":
             return await self.router.aedit(call.prompt, images=list(call.images), **options)
         return await self.router.agenerate(call.prompt, **options)

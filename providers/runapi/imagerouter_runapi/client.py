@@ -66,8 +66,18 @@ class RunAPIClient(ProviderClient):
     # -- ProviderClient ---------------------------------------------------------------------
 
     async def submit(self, offer: Offer, task: TaskSpec) -> Submission:
+        return await self._create(offer.params, task)
+
+    async def reconcile(self, task: TaskSpec) -> Submission | None:
+        """Replay the create with the same Idempotency-Key and the same body: RunAPI answers
+        with the original task (`task_replayed: true`) when it exists. When the first send
+        never arrived, this send is the task's first (still one task for one ordered image);
+        the core only calls it within `reconcile_window_s` of the first send."""
+        return await self._create(task.params, task)
+
+    async def _create(self, params: Mapping[str, Any], task: TaskSpec) -> Submission:
         service, action = SERVICES[task.model], ACTIONS[task.operation]
-        body: dict[str, Any] = {**offer.params, "prompt": task.prompt}
+        body: dict[str, Any] = {**params, "prompt": task.prompt}
         if task.operation == "edit":
             body["source_image_urls"] = list(task.input_urls)
         if task.callback_url:

@@ -171,6 +171,8 @@ class _TaskRoutes:
             count=1,
             prompt=task.prompt,
             cost=cost,
+            # An edit is drawn from its input when it is an upload to this emulator.
+            source=self.state.book.source_image(task.source_image_urls),
             extra={
                 "service": service,
                 "action": action,

@@ -38,7 +38,14 @@ class RunAPIProvider(Provider):
     idempotent_creates = True
     # There is no documented lookup by X-Client-Request-Id.
     can_find_by_task_id = False
+    # How long RunAPI keeps an Idempotency-Key is not documented; a day is the shortest
+    # retention the idempotency designs we know publish (Stripe), so a lost create is only
+    # replayed within that: later, a replay might make a second task.
+    reconcile_window_s = 24 * 3600.0
     docs_url = "https://runapi.ai/models/gpt-image-2"
+    # Result images are served from file.runapi.ai ("images":[{"url":"https://file.runapi.ai/…"}]
+    # in the SDKs' mocks); any subdomain of RunAPI's own domain is trusted as well.
+    download_hosts = ("runapi.ai", "*.runapi.ai")
 
     def price_table(self) -> PriceTable:
         return PriceTable.from_package(PACKAGE)

@@ -139,6 +139,8 @@ class _RunsApi(ApiBase):
                 shape.count,
             ),
             transparent=shape.transparent,
+            # An edit is drawn from its input (a data: URI or an upload to this emulator).
+            source=self.state.book.source_image(_image_urls(body["input"])),
             extra={
                 "model_id": model_id,
                 "input": dict(body["input"]),
@@ -212,6 +214,11 @@ class _RunsApi(ApiBase):
                 "total": len(jobs),
             }
         )
+
+
+def _image_urls(data: Mapping[str, Any]) -> list[Any]:
+    urls = data.get("image_urls")
+    return list(urls) if isinstance(urls, list) else []
 
 
 def _matches(job: EmulatedJob, query: str) -> bool:

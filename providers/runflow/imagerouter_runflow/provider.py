@@ -40,6 +40,9 @@ class RunflowProvider(Provider):
     idempotent_creates: ClassVar[bool] = False
     can_find_by_task_id: ClassVar[bool] = True
     docs_url: ClassVar[str] = "https://docs.runflow.io"
+    # Run outputs are presigned S3 URLs (`https://<bucket>.s3...amazonaws.com/outputs/...`);
+    # the docs' sample images are on public.runflow.io. Runflow names no other host.
+    download_hosts: ClassVar[tuple[str, ...]] = ("*.runflow.io", "*.amazonaws.com")
 
     def price_table(self) -> PriceTable:
         return PriceTable.from_package(_PACKAGE)
