@@ -16,7 +16,8 @@ processes may open the same file (SQLite's locks plus a busy timeout serialize t
 
 Budget reservations live here too: `reserve` checks every limit and inserts the reservation
 in one immediate transaction, which is what makes concurrent requests unable to overshoot.
-Schema and states: docs/ledger.md. Read queries: `ledger_reports.py`.
+Schema and states: docs/ledger.md. Read queries: `ledger_reports.py`; the reads recovery
+uses: `ledger_recovery.py`.
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from . import ledger_recovery as recovery
 from . import ledger_reports as reports
 from .errors import BudgetExceededError
 from .ledger_commit import GroupCommit
+from .ledger_recovery import OpenRequest, UnknownTask
 from .ledger_reports import (
     HistoryRow,
     SpendRow,
     UncollectedTask,
     iso,
     money_text,
-    parse_iso,
     parse_money,
 )
 from .migrations import migrate
@@ -108,30 +110,6 @@ _UNBILLED_STATES = ("failed", "canceled", "not_sent")
 
 
 @dataclass(frozen=True)
-class UnknownTask:
-    """A task whose create may have reached the provider but whose provider id we lack."""
-
-    task_id: str
-    request_id: str
-    attempt_id: str
-    provider: str
-    model: str
-    operation: str
-    idempotency_key: str
-    num_images: int
-    quoted_usd: Decimal
-    state: str
-    spec: Mapping[str, Any] | None  # the create as sent (None: recorded before m003)
-    output_dir: str
-    output_format: str
-    request_status: str
-    owner_pid: int | None
-    created_at: datetime
-    checks: int
-    checked_at: datetime | None
-
-
-@dataclass(frozen=True)
 class PaidTask:
     """A task whose cost counts, as an interruption report names it: accepted (with the
     provider's task id) or `unknown` (provider_task_id "")."""
@@ -141,17 +119,6 @@ class PaidTask:
     provider_task_id: str
     quoted_usd: Decimal
     state: str
-
-
-@dataclass(frozen=True)
-class OpenRequest:
-    """A request not yet closed (`running`), or closed without every task settled."""
-
-    request_id: str
-    status: str
-    owner_pid: int | None
-    num_images: int
-    saved_images: int
 
 
 def _utc_now() -> datetime:
@@ -572,97 +539,20 @@ class Ledger:
     def unknown_tasks(
         self, *, provider: str | None = None, limit: int | None = None
     ) -> list[UnknownTask]:
-        """Tasks whose create may have reached the provider without us learning its id
-        (`unknown`, or `submitting` left by a dead process), least recently checked first."""
-        sql = (
-            "SELECT t.*, r.output_dir, r.request_json, r.status AS request_status,"
-            " r.owner_pid FROM tasks t JOIN requests r ON r.id = t.request_id"
-            " WHERE t.provider_task_id IS NULL AND t.state IN ('unknown', 'submitting')"
-        )
-        params: list[Any] = []
-        if provider is not None:
-            sql += " AND t.provider = ?"
-            params.append(provider)
-        sql += " ORDER BY COALESCE(t.checked_at, ''), t.created_at, t.rowid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(max(0, limit))
         with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        found = []
-        for row in rows:
-            request = json.loads(row["request_json"])
-            output_format = request.get("output_format") if isinstance(request, dict) else None
-            found.append(
-                UnknownTask(
-                    task_id=row["id"],
-                    request_id=row["request_id"],
-                    attempt_id=row["attempt_id"],
-                    provider=row["provider"],
-                    model=row["model"],
-                    operation=row["operation"],
-                    idempotency_key=row["idempotency_key"],
-                    num_images=row["num_images"],
-                    quoted_usd=Decimal(row["quoted_usd"]),
-                    state=row["state"],
-                    spec=json.loads(row["spec_json"]) if row["spec_json"] else None,
-                    output_dir=row["output_dir"],
-                    output_format=str(output_format or "png"),
-                    request_status=row["request_status"],
-                    owner_pid=row["owner_pid"],
-                    created_at=datetime.fromisoformat(row["created_at"]),
-                    checks=row["checks"],
-                    checked_at=parse_iso(row["checked_at"]),
-                )
-            )
-        return found
+            return recovery.unknown_tasks(self._conn, provider=provider, limit=limit)
 
     def open_requests(self) -> list[OpenRequest]:
-        """Requests still `running`, or interrupted ones with a reservation still open."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT r.id, r.status, r.owner_pid, r.request_json,"
-                " (SELECT COUNT(*) FROM images i WHERE i.request_id = r.id) AS saved"
-                " FROM requests r WHERE r.status = 'running' OR EXISTS (SELECT 1 FROM"
-                " reservations v WHERE v.request_id = r.id AND v.state = 'open')"
-                " ORDER BY r.created_at, r.rowid"
-            ).fetchall()
-        found = []
-        for row in rows:
-            request = json.loads(row["request_json"])
-            n = request.get("n", 1) if isinstance(request, dict) else 1
-            found.append(
-                OpenRequest(
-                    request_id=row["id"],
-                    status=row["status"],
-                    owner_pid=row["owner_pid"],
-                    num_images=int(n) if isinstance(n, int) else 1,
-                    saved_images=row["saved"],
-                )
-            )
-        return found
+            return recovery.open_requests(self._conn)
 
     def orphan_reservations(self) -> list[str]:
-        """Request ids of open reservations whose request was never recorded (a kill between
-        the reservation and the request row): nothing was sent for them."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT DISTINCT v.request_id FROM reservations v WHERE v.state = 'open'"
-                " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.id = v.request_id)"
-            ).fetchall()
-        return [str(row[0]) for row in rows]
+            return recovery.orphan_reservations(self._conn)
 
     def request_owners(self, request_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-        """(status, owner pid) of each of these requests."""
-        owners: dict[str, tuple[str, int | None]] = {}
         with self._lock:
-            for request_id in set(request_ids):
-                row = self._conn.execute(
-                    "SELECT status, owner_pid FROM requests WHERE id = ?", (request_id,)
-                ).fetchone()
-                if row is not None:
-                    owners[request_id] = (row["status"], row["owner_pid"])
-        return owners
+            return recovery.request_owners(self._conn, request_ids)
 
     def watching(self) -> dict[str, int]:
         """Per request, how many of its paid tasks are still being reconciled or collected
@@ -674,8 +564,6 @@ class Ledger:
             if unknown.state == "unknown":
                 counts[unknown.request_id] = counts.get(unknown.request_id, 0) + 1
         return counts
-
-    # --- reads --------------------------------------------------------------------------
 
     def uncollected(self) -> list[UncollectedTask]:
         with self._lock:

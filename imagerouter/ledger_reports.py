@@ -80,6 +80,13 @@ def parse_money(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
+def output_format_of(row: sqlite3.Row) -> str:
+    """The output format a request row asked for (png when it named none)."""
+    request = json.loads(row["request_json"])
+    fmt = request.get("output_format") if isinstance(request, dict) else None
+    return str(fmt or "png")
+
+
 def _since_text(since: datetime | None) -> str:
     # Every stored timestamp sorts after "", so no lower bound is just "".
     return "" if since is None else iso(since)
@@ -135,8 +142,6 @@ def uncollected(conn: sqlite3.Connection) -> list[UncollectedTask]:
             expected = len(urls)
         if len(saved) >= expected:
             continue
-        request = json.loads(row["request_json"])
-        output_format = request.get("output_format") if isinstance(request, dict) else None
         found.append(
             UncollectedTask(
                 task_id=row["id"],
@@ -149,7 +154,7 @@ def uncollected(conn: sqlite3.Connection) -> list[UncollectedTask]:
                 num_images=row["num_images"],
                 saved_indexes=saved,
                 output_dir=row["output_dir"],
-                output_format=str(output_format or "png"),
+                output_format=output_format_of(row),
                 state=row["state"],
                 image_urls=urls,
                 urls_expire_at=parse_iso(row["urls_expire_at"]),
