@@ -51,7 +51,8 @@ class CliFailure(click.ClickException):
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
-        self.exit_code = exit_code
+        # click 8.5 declares exit_code a ClassVar; click reads it from the instance.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
         self.show_type = show_type  # the one-line form starts with the type
 
 
