@@ -355,3 +355,12 @@ async def test_job_store_evicts_finished_jobs_and_drain_cancels_the_rest() -> No
     assert hanging.status == third.status == "failed"
     assert hanging.error is not None and hanging.error.code == "gateway_stopped"
     assert hanging.call is None  # the inputs are let go
+
+
+def test_an_unwritable_gateway_output_dir_is_a_server_fault_that_hides_its_path() -> None:
+    from imagerouter.outputs import OutputDirError
+
+    error = api_error_from(OutputDirError("/srv/secret-images: read-only file system"))
+    assert error.status == 500
+    assert error.code == "output_dir_unwritable"
+    assert "/srv/secret-images" not in error.message

@@ -28,6 +28,7 @@ from ..errors import (
     RequestValidationError,
     SubmissionUnknownError,
 )
+from ..outputs import OutputDirError
 
 __all__ = [
     "ApiError",
@@ -93,6 +94,15 @@ def api_error_from(exc: BaseException, *, request_id: str | None = None) -> ApiE
     where = f" (imagerouter request id {request_id})" if request_id else ""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, OutputDirError):
+        # The gateway's own directory, not the client's request: a server fault, and its path
+        # is the operator's business, not the client's.
+        return ApiError(
+            500,
+            f"the gateway cannot save images: its output directory is not writable{where}",
+            type="server_error",
+            code="output_dir_unwritable",
+        )
     if isinstance(exc, RequestValidationError):
         return bad_request(f"{exc.field}: {exc.detail}", param=openai_param(exc.field))
     if isinstance(exc, InputImageError):
