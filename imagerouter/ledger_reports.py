@@ -175,6 +175,7 @@ class SpendRow:
     requests: int
     served: int
     failed: int
+    interrupted: int  # Ctrl-C or a killed process: paid tasks may still be collected
     attempts: int
     finished_attempts: int  # attempts with an outcome; still-running ones are not rated
     failed_attempts: int
@@ -194,6 +195,7 @@ class SpendRow:
             "requests": self.requests,
             "served": self.served,
             "failed": self.failed,
+            "interrupted": self.interrupted,
             "attempts": self.attempts,
             "finished_attempts": self.finished_attempts,
             "failed_attempts": self.failed_attempts,
@@ -213,6 +215,7 @@ class _Group:
     requests: int = 0
     served: int = 0
     failed: int = 0
+    interrupted: int = 0
     attempts: int = 0
     finished_attempts: int = 0
     failed_attempts: int = 0
@@ -230,6 +233,7 @@ class _Group:
             requests=self.requests,
             served=self.served,
             failed=self.failed,
+            interrupted=self.interrupted,
             attempts=self.attempts,
             finished_attempts=finished,
             failed_attempts=self.failed_attempts,
@@ -285,6 +289,7 @@ def spend(
         g.requests += 1
         g.served += r["status"] == "served"
         g.failed += r["status"] == "failed"
+        g.interrupted += r["status"] == "interrupted"
         if r["elapsed_s"] is not None:
             g.elapsed.append(float(r["elapsed_s"]))
     for a in _joined(conn, "attempts", "a.provider, a.model, a.outcome", low):

@@ -262,8 +262,9 @@ def test_spend_figures_agree_and_money_has_one_precision(tmp_path: Path) -> None
     assert code == 0, out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("run")}
     # The second table (requests and attempts) overwrites the first's rows in `rows`.
-    assert rows["runapi"][1:7] == ["0", "0", "0", "2", "2", "100%"]
-    assert rows["runflow"][1:7] == ["2", "2", "0", "2", "0", "0%"]
+    # requests, served, failed, interrupted, attempts, failed attempts, attempt fail rate
+    assert rows["runapi"][1:8] == ["0", "0", "0", "0", "2", "2", "100%"]
+    assert rows["runflow"][1:8] == ["2", "2", "0", "0", "2", "0", "0%"]
     decimals = {len(m) for m in __import__("re").findall(r"\$\d+\.(\d+)", out)}
     assert len(decimals) == 1, out
 

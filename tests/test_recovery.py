@@ -322,6 +322,12 @@ def test_a_cancelled_request_is_interrupted_with_its_accepted_tasks_cost(
         assert task["provider_task_id"] in text
     assert "imagerouter resume" in text and request_id in text
     assert _reservations(db) == [(request_id, "settled", "0.12")]
+    with Ledger(db) as ledger:
+        [total] = ledger.spend()
+    # Counted as interrupted (not served, not failed), and its accepted tasks count as spent.
+    assert (total.requests, total.served, total.failed, total.interrupted) == (1, 0, 0, 1)
+    assert total.as_dict()["interrupted"] == 1
+    assert total.quoted_usd == Decimal("0.12")
 
 
 SCRIPT = """

@@ -106,7 +106,7 @@ def _reliability_table(rows: list[Any], title: str, key: str) -> Table:
     the fail rate is failed attempts / finished attempts, both shown, so the figures agree
     even when a failed-over request is served by another backend."""
     # Two-line headers, so the table fits 80 columns without folding a figure.
-    counts = ("requests", "served", "failed", "attempts", "failed\nattempts",
+    counts = ("requests", "served", "failed", "inter-\nrupted", "attempts", "failed\nattempts",
               "attempt\nfail rate", "p50 s")
     table = fold_table(title, (key, *counts), right=counts)
     for row in rows:
@@ -116,6 +116,7 @@ def _reliability_table(rows: list[Any], title: str, key: str) -> Table:
             str(row.requests),
             str(row.served),
             str(row.failed),
+            str(row.interrupted),
             f"{row.attempts} ({running} running)" if running else str(row.attempts),
             str(row.failed_attempts),
             f"{row.failure_rate:.0%}" if row.finished_attempts else "",
