@@ -55,7 +55,11 @@ log = logging.getLogger("imagerouter.execution")
 
 CREATE_REPLAYS = 3  # same-key replays of a create whose answer was lost
 RECONCILE_LOOKUPS = 2  # lookups by task id before a lost create counts as "not created"
-FATAL_POLL_ERRORS = 3  # consecutive 401/403/404/unreadable polls before the task is given up
+FATAL_POLL_ERRORS = 3  # consecutive 401/403/404 polls before the task is given up
+# Consecutive unreadable polls before giving up: more than the above, since a proxy's odd
+# error page now and then is common, yet a bounded number (a provider that only ever
+# answers garbage would otherwise be polled until poll_deadline, 15 minutes by default).
+MALFORMED_POLL_ERRORS = 10
 
 
 @dataclass(frozen=True)
@@ -450,7 +454,9 @@ async def _poll_once(
         # An unreadable 200 does not get better by waiting (a provider bug, a proxy's error
         # page); waiting it out would last until poll_deadline (15 minutes by default). The
         # task stays accepted in the ledger, so `resume` can collect it once answers are sane.
-        if fatal_streak + 1 >= FATAL_POLL_ERRORS:
+        malformed = isinstance(exc, MalformedResponseError)
+        limit = MALFORMED_POLL_ERRORS if malformed else FATAL_POLL_ERRORS
+        if fatal_streak + 1 >= limit:
             # The same exception, annotated: `from exc` would make it its own cause, a
             # cycle that anything walking the chain (loggers, reporters) never leaves.
             _with_task(exc, submission)

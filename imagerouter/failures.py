@@ -60,8 +60,12 @@ def classify(exc: BaseException) -> Verdict:
         # An unexpected bug in a plugin: nothing is known about the job.
         return Verdict("unknown", FailureKind.TRANSIENT, failover=False, possibly_billed=True)
     accepted = exc.accepted
+    # A job the provider accepted and we then stopped watching (its polls kept failing) runs
+    # on and may be billed: its cost counts as spent until `resume` learns the outcome.
     if isinstance(exc, AuthenticationError):
-        return Verdict(accepted, FailureKind.AUTH, failover=accepted == "no")
+        return Verdict(
+            accepted, FailureKind.AUTH, failover=accepted == "no", possibly_billed=accepted == "yes"
+        )
     if isinstance(exc, InsufficientCreditsError):
         return Verdict(accepted, FailureKind.CREDIT, failover=accepted == "no")
     if isinstance(exc, RateLimitedError):
@@ -78,9 +82,7 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, ProviderUnavailableError | ConnectionFailedError | MalformedResponseError):
         if accepted == "no":
             return Verdict("no", FailureKind.TRANSIENT, failover=True)
-        return Verdict(
-            accepted, FailureKind.TRANSIENT, failover=False, possibly_billed=accepted == "unknown"
-        )
+        return Verdict(accepted, FailureKind.TRANSIENT, failover=False, possibly_billed=True)
     if isinstance(exc, JobFailedError):
         # Accepted, then failed: neither provider bills a failed generation.
         return Verdict("yes", FailureKind.TRANSIENT, failover=True)
