@@ -4,6 +4,7 @@ factory pointed at them with millisecond latencies."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,21 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def accepted_tasks(db: Path) -> int:
+    """How many tasks in the ledger file at `db` a provider has accepted (0 before it exists),
+    read over a connection of its own, as a watcher in another process would."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM tasks WHERE provider_task_id IS NOT NULL"
+            ).fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0])
 
 
 def base_config(tmp_path: Path) -> dict[str, Any]:

@@ -172,7 +172,8 @@ def test_spend_since_forms(since: str) -> None:
     assert yaml.safe_load(out)["since"] == since
 
 
-def test_health_free_checks_against_the_emulators(emulators: object, tmp_path: Path) -> None:
+def _emulators_config(emulators: object, tmp_path: Path) -> Path:
+    """A config file pointing both providers at the running emulators."""
     from imagerouter.emulated import Emulators
 
     assert isinstance(emulators, Emulators)
@@ -182,6 +183,11 @@ def test_health_free_checks_against_the_emulators(emulators: object, tmp_path: P
         for name in ("runapi", "runflow")
     }
     config.write_text(yaml.safe_dump({"providers": providers}))
+    return config
+
+
+def test_health_free_checks_against_the_emulators(emulators: object, tmp_path: Path) -> None:
+    config = _emulators_config(emulators, tmp_path)
     code, out = invoke("health", "--check", "--config", str(config), "--json")
     assert code == 0, out
     checks = json.loads(out)["checks"]
@@ -308,15 +314,7 @@ def test_prices_gives_every_column_a_header() -> None:
 
 
 def test_health_check_prints_the_balance_once(emulators: object, tmp_path: Path) -> None:
-    from imagerouter.emulated import Emulators
-
-    assert isinstance(emulators, Emulators)
-    config = tmp_path / "c.yaml"
-    providers = {
-        name: {"base_url": emulators.url(name), "api_key": emulators.keys[name]}
-        for name in ("runapi", "runflow")
-    }
-    config.write_text(yaml.safe_dump({"providers": providers}))
+    config = _emulators_config(emulators, tmp_path)
     code, out = invoke("health", "--check", "--config", str(config))
     assert code == 0, out
     [line] = [line for line in out.splitlines() if line.startswith("runapi:")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from imagerouter.cli import cli
 from imagerouter.emulated import Emulators
 from imagerouter.emulation import LatencyModel
 
-from .conftest import base_config
+from .conftest import accepted_tasks, base_config
 
 SCRIPT = """
 import json, sys
@@ -28,19 +27,6 @@ router = Router(load_config(data))
 router.generate("a lighthouse", n=1)
 print("finished")  # never reached: the test kills us first
 """
-
-
-def _accepted_tasks(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM tasks WHERE provider_task_id IS NOT NULL"
-            ).fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0])
 
 
 def test_killed_after_accept_then_resume_collects(emulators: Emulators, tmp_path: Path) -> None:
@@ -60,7 +46,7 @@ def test_killed_after_accept_then_resume_collects(emulators: Emulators, tmp_path
     )
     try:
         deadline = time.monotonic() + 20
-        while _accepted_tasks(db) == 0:
+        while accepted_tasks(db) == 0:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             assert time.monotonic() < deadline, "the task was never accepted"
             time.sleep(0.02)

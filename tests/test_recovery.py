@@ -34,7 +34,7 @@ from imagerouter.ledger import Ledger
 from imagerouter.migrations import MIGRATIONS, migrate
 from imagerouter.resume import sweep
 
-from .conftest import MakeRouter, base_config
+from .conftest import MakeRouter, accepted_tasks, base_config
 
 
 def _tasks(router: Router, request_id: str) -> list[dict[str, Any]]:
@@ -339,21 +339,10 @@ router.generate("a lighthouse", n=2)
 """
 
 
-def _accepted(db: Path) -> int:
-    try:
-        with sqlite3.connect(db) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM tasks WHERE provider_task_id IS NOT NULL"
-            ).fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0])
-
-
 def _run_until_accepted(args: list[str], db: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while _accepted(db) < 2:
+    while accepted_tasks(db) < 2:
         assert process.poll() is None, process.stderr.read() if process.stderr else b""
         assert time.monotonic() < deadline, "the tasks were never accepted"
         time.sleep(0.02)
