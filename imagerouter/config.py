@@ -193,6 +193,12 @@ class GatewaySettings(_Section):
     max_inflight_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     header_timeout_s: float = Field(default=10.0, gt=0)  # connection open -> headers complete
     body_timeout_s: float = Field(default=60.0, gt=0)  # headers complete -> body complete
+    # `response_format=url`: signed URLs valid this long; signed with `url_secret`, or with a
+    # secret generated once under the imagerouter home (gateway/signed_urls.py).
+    url_ttl_s: int = Field(default=3600, gt=0)
+    url_secret: SecretStr | None = None
+    # Extra model names clients may send, each mapped to a model or tier: `{my-model: gpt-image-2}`.
+    model_aliases: dict[str, str] = Field(default_factory=dict)
 
     _expand = _field_validator("output_dir")(_expand_user)
 
@@ -206,7 +212,8 @@ class GatewaySettings(_Section):
             raise ValueError("each key must be text")  # never echo what may be a key
         return value
 
-    @_field_validator("runflow_callback_secret", "runapi_callback_secret", mode="before")
+    @_field_validator("runflow_callback_secret", "runapi_callback_secret", "url_secret",
+                      mode="before")
     @classmethod
     def _secret_is_text(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str | SecretStr):

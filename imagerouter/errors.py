@@ -8,6 +8,8 @@ ImageRouterError
 ├── MissingApiKeyError           a provider is used without a key (names the variable)
 ├── NoEligibleOfferError         no backend can serve the request (carries every offer's reason)
 ├── BudgetExceededError          the request does not fit a cost limit; nothing was sent
+├── IdempotencyConflictError     an idempotency key reused for a different request
+├── IdempotentRequestFailedError the first call with this idempotency key failed after paying
 └── ProviderError                something went wrong with a provider (carries `accepted`)
     ├── AuthenticationError          401/403: the key is wrong or lacks a scope   accepted=no
     ├── InsufficientCreditsError     402: out of credit                            accepted=no
@@ -41,10 +43,13 @@ Accepted = Literal["yes", "no", "unknown"]
 __all__ = [
     "Accepted",
     "AuthenticationError",
+    "BackendsUnavailableError",
     "BudgetExceededError",
     "ConfigError",
     "ConnectionFailedError",
     "DownloadFailedError",
+    "IdempotencyConflictError",
+    "IdempotentRequestFailedError",
     "ImageRouterError",
     "InputImageError",
     "InsufficientCreditsError",
@@ -126,12 +131,41 @@ class NoEligibleOfferError(ImageRouterError):
         super().__init__("\n".join([message, *reasons]) if reasons else message)
 
 
+class BackendsUnavailableError(NoEligibleOfferError):
+    """Every backend that could serve the request is out for a while (ejected after failures,
+    or cooling down) and none has accepted it: nothing was paid. `retry_after_s`: when the
+    first of them may be tried again."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class BudgetExceededError(ImageRouterError):
     """The request's cost does not fit a limit. Raised before any paid call."""
 
     def __init__(self, message: str, *, limit: str = "", needed_usd: Any = None) -> None:
         self.limit = limit
         self.needed_usd = needed_usd
+        super().__init__(message)
+
+
+class IdempotencyConflictError(ImageRouterError):
+    """An idempotency key already names another request (a different prompt, size, input
+    image, ...). Nothing was sent. `request_id` is the first request's ledger id."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class IdempotentRequestFailedError(ImageRouterError):
+    """The first call with this idempotency key failed after a provider may have billed it,
+    so a repeat is not sent again; the message is the first call's error. `request_id` is
+    its ledger id (`imagerouter history`, `imagerouter resume` collect what was paid)."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
         super().__init__(message)
 
 

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -180,6 +180,18 @@ class Ledger:
         may carry other threads' writes too: see ledger_commit.py)."""
         with self._writes.write() as conn:
             yield conn
+
+    # Modules that keep a table of their own here (idempotency.py) write and read through
+    # these two, so their writes share the ledger's transactions, locks and durability.
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write as `_tx` makes it: all or nothing, in one immediate transaction."""
+        return self._tx()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads only, while no other thread uses it."""
+        with self._lock:
+            yield self._conn
 
     def _update(self, what: str, key: str, sql: str, params: Sequence[Any]) -> None:
         with self._tx() as conn:

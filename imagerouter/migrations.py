@@ -219,3 +219,30 @@ def m003_recovery(conn: sqlite3.Connection) -> None:
     # The attempt a reservation paid for, so its spend can be settled from that attempt's
     # tasks after a kill.
     conn.execute("ALTER TABLE reservations ADD COLUMN attempt_id TEXT")
+
+
+@migration
+def m005_idempotency_keys(conn: sqlite3.Connection) -> None:
+    # Request idempotency (imagerouter/idempotency.py). A key is stored only as a hash of
+    # (scope, key), so neither the caller's key nor a gateway API key (the scope) is here.
+    # `fingerprint` is a hash of everything that shapes the image; `result_json` the served
+    # result a repeat gets back. Rows live at least 24 hours (`expires_at`).
+    conn.execute(
+        """
+        CREATE TABLE idempotency_keys (
+            key_hash TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL,             -- running | succeeded | failed
+            operation TEXT NOT NULL,
+            request_id TEXT NOT NULL,        -- the first call's request (requests.id)
+            owner_pid INTEGER NOT NULL,
+            claim TEXT NOT NULL,             -- random token of the call that runs it
+            result_json TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)")

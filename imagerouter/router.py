@@ -34,6 +34,7 @@ from .clock import SYSTEM_CLOCK, Clock, Sleep, system_sleep
 from .config import Config, load_config
 from .errors import ConfigError, ImageRouterError, RequestValidationError
 from .health import BackendStats, HealthPolicy, HealthTracker
+from .idempotency import IdempotencyKey, IdempotencyStore, fingerprint, run_idempotent
 from .inputs import check_mask, load_input
 from .ledger import Ledger
 from .ledger_commit import current_pending, deferred_commits
@@ -48,7 +49,7 @@ from .reconcile import RecoveryState
 from .redact import default_redactor
 from .request import MODELS, ImageInput, ImageRequest
 from .resume import ResumeOutcome, resume_uncollected
-from .routing import route_request
+from .routing import new_request_id, route_request
 from .transport import LimitedTransport, LoopClients
 from .urls import HostPolicy
 
@@ -295,6 +296,9 @@ class Router:
                 log.info("resume at start: %s %s", outcome.task_id, outcome.state)
         output_dir = Path(options.pop("output_dir", None) or self.config.output.dir)
         progress: Callable[[Progress], None] | None = options.pop("progress", None)
+        raw_key = options.pop("idempotency_key", None)
+        # The gateway scopes keys by its caller's API key, so two tenants' keys never collide.
+        scope = str(options.pop("idempotency_scope", "") or "")
         request = ImageRequest.build(prompt=prompt, **options)
         if edit and not request.images:
             # Without one, "edit" would quietly run (and bill) a generate.
@@ -306,7 +310,28 @@ class Router:
         inputs = [_load(item) for item in request.images]
         mask = _load(request.mask) if request.mask is not None else None
         check_mask(inputs, mask)
-        return await route_request(self, request, inputs, mask, output_dir, progress)
+        if raw_key is None:
+            return await route_request(self, request, inputs, mask, output_dir, progress)
+        key = IdempotencyKey.of(raw_key, scope)
+        if self.ledger is None:
+            raise RequestValidationError(
+                "idempotency_key", "needs the ledger (ledger.enabled: true) to remember keys"
+            )
+
+        async def run(request_id: str) -> GenerationResult:
+            return await route_request(
+                self, request, inputs, mask, output_dir, progress, request_id=request_id
+            )
+
+        return await run_idempotent(
+            IdempotencyStore(self.ledger),
+            key,
+            fingerprint(request, inputs, mask),
+            operation=request.operation,
+            new_request_id=new_request_id,
+            run=run,
+            sleep=self.sleep,
+        )
 
     # -- health ---------------------------------------------------------------------------
 

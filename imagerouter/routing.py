@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .accounting import record_attempt
-from .errors import InputImageError, NoEligibleOfferError, ProviderError
+from .errors import (
+    BackendsUnavailableError,
+    InputImageError,
+    NoEligibleOfferError,
+    ProviderError,
+)
 from .events import ResultEvent
 from .execution import OfferOutcome, Progress, RunContext, run_offer
 from .failures import classify, refusal_may_differ
@@ -102,8 +108,11 @@ async def route_request(
     mask: LoadedImage | str | None,
     output_dir: Path,
     progress: Callable[[Progress], None] | None = None,
+    *,
+    request_id: str | None = None,
 ) -> GenerationResult:
-    request_id = new_request_id()
+    # Given when an idempotency key claimed this id in the ledger before anything was sent.
+    request_id = request_id or new_request_id()
     state = _State(request_id, request, output_dir, remaining=request.n)
     started = router.clock()
     offers = _eligible(router, request, inputs, mask)
@@ -129,7 +138,7 @@ async def route_request(
             # Possibly-billed creates of this backend's earlier requests are looked up first
             # (bounded, rate-limited, never raises).
             await reconcile_backend(router, offer.provider)
-            await _wait_if_cooling_down(router, offer)
+            await _wait_if_cooling_down(router, state, offer)
             outcome = await _attempt(router, state, offer, inputs, mask, progress)
             if outcome.errors and not _may_continue(router, state, offer, outcome):
                 raise _final_error(state, "stopped to avoid paying twice")
@@ -208,14 +217,26 @@ def _oversized_input(
 
 
 MAX_COOLDOWN_WAIT_S = 60.0
+# With nothing accepted yet, a longer wait is not worth it: answer now, with when to retry
+# (a gateway client gets a 503 with Retry-After). Long waits are for accepted jobs only.
+FAST_FAIL_WAIT_S = 5.0
 
 
-async def _wait_if_cooling_down(router: Router, offer: Offer) -> None:
-    """When the only backend left is cooling down (a 429's Retry-After), wait for it rather
-    than hammer it; with another healthy backend the router never gets here."""
+async def _wait_if_cooling_down(router: Router, state: _State, offer: Offer) -> None:
+    """When the only backend left is out for a while (a 429's Retry-After, or ejected after
+    failures), wait for it rather than hammer it; with another healthy backend the router
+    never gets here. A long wait before any task was accepted is a quick error instead."""
     wait = router.health.retry_in(offer.backend)
-    if wait is not None and wait > 0:
-        await router.sleep(min(wait, MAX_COOLDOWN_WAIT_S))
+    if wait is None or wait <= 0:
+        return
+    if wait > FAST_FAIL_WAIT_S and not state.task_ids:
+        router.health.release(offer.backend)
+        last = "" if state.last_error is None else f" (last error: {state.last_error})"
+        raise BackendsUnavailableError(
+            f"no backend is available now; retry in {math.ceil(wait)} s{last}",
+            retry_after_s=wait,
+        )
+    await router.sleep(min(wait, MAX_COOLDOWN_WAIT_S))
 
 
 def _next_offer(
@@ -235,7 +256,15 @@ def _next_offer(
     rank_of = {key: index for index, key in enumerate(ordered_keys)}
     usable = [offer for offer in candidates if offer.backend in rank_of]
     # Untried backends first; among equals, the health order (which keeps the price rank).
-    usable.sort(key=lambda o: (state.tried.get(o.backend, 0), rank_of[o.backend]))
+    # Among backends this request already tried, the shorter failure streak first, so a
+    # retry goes to the backend that is doing better, not back to the cheaper one that
+    # keeps failing.
+    def streak(offer: Offer) -> int:
+        if not state.tried.get(offer.backend):
+            return 0
+        return router.health.stats(offer.backend).consecutive_failures
+
+    usable.sort(key=lambda o: (state.tried.get(o.backend, 0), streak(o), rank_of[o.backend]))
     for offer in usable:
         if router.health.begin(offer.backend):
             return offer

@@ -125,7 +125,10 @@ def test_generate_two_images_as_b64_json(
         with decoded(item.b64_json) as image:
             assert (image.format, image.size) == ("PNG", (1024, 1024))
     assert response.output_format == "png" and response.size == "1024x1024"
-    assert response.usage is None  # token counts are unknown, so left out
+    # No quality asked: counted as high, 7,024 tokens a 1024x1024 image (docs/gateway.md).
+    assert response.usage is not None and response.usage.output_tokens == 2 * 7024
+    assert response.usage.total_tokens == 2 * 7024 + 5  # "a lighthouse at dusk": 20 chars
+    assert (response.quality, response.background) == ("high", "opaque")
     # RunAPI's gpt-image-2 at 1k is the cheapest: one task per image.
     assert raw.headers["x-imagerouter-provider"] == "runapi"
     assert raw.headers["x-imagerouter-model"] == "gpt-image-2"
@@ -150,12 +153,11 @@ def test_edit_with_an_uploaded_file(
     response = raw.parse()
     assert raw.headers["x-imagerouter-provider"] == "runflow"  # the cheapest at low quality
     (item,) = items(response)
-    assert item.url is not None and item.url.startswith(f"{served.url}/v1/files/file-")
-    with served.http() as http:
-        image = http.get(item.url)
+    assert item.url is not None and item.url.startswith(f"{served.url}/v1/signed/")
+    with httpx.Client(timeout=10) as plain:  # no key: the signature stands in for it
+        image = plain.get(item.url)
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(image.content)).size == (1024, 1024)
-        assert http.get(item.url, headers={"authorization": "Bearer nope"}).status_code == 401
     ledger = served.router.ledger
     assert ledger is not None
     detail = ledger.request_detail(raw.headers["x-imagerouter-request-id"])
@@ -217,7 +219,15 @@ def test_a_tier_name_is_a_model(serve_gateway: ServeGateway) -> None:
     ("body", "status", "param", "code"),
     [
         ({"prompt": "x", "colour": "red"}, 400, "colour", "unknown_parameter"),
-        ({"prompt": "x", "stream": True}, 400, "stream", "unsupported_parameter"),
+        ({"prompt": "x", "stream": "yes"}, 400, "stream", "invalid_type"),
+        ({"prompt": "x", "partial_images": 4}, 400, "partial_images", "integer_out_of_range"),
+        ({"prompt": "x", "n": "2"}, 400, "n", "invalid_type"),
+        ({"prompt": "x", "output_compression": 101}, 400, "output_compression",
+         "integer_out_of_range"),
+        ({"prompt": "x", "output_compression": -1}, 400, "output_compression",
+         "integer_out_of_range"),
+        ({"prompt": "x", "moderation": "high"}, 400, "moderation", "invalid_value"),
+        ({"prompt": "x", "model": "gpt-image-3-2026-04-21"}, 400, "model", "model_not_found"),
         ({"prompt": "x", "svg": {"model": "m"}}, 400, "svg", "unsupported_parameter"),
         ({"prompt": "x", "n": 11}, 400, "n", "invalid_value"),
         ({"prompt": "x", "n": "two"}, 400, "n", "invalid_type"),

@@ -61,11 +61,12 @@ def test_a_job_is_accepted_at_once_and_served_by_id(
     assert [row.request_id for row in ledger.history()] == [done["request_id"]]
     urls = [item["url"] for item in done["result"]["data"]]
     assert len(urls) == 2 and all("b64_json" not in item for item in done["result"]["data"])
-    for url in urls:
+    assert len(done["file_ids"]) == 2
+    for url, file_id in zip(urls, done["file_ids"], strict=True):
         image = http.get(url)
         assert image.status_code == 200
         assert Image.open(io.BytesIO(image.content)).size == (1024, 1024)
-        assert http.get(f"{url}/content").content == image.content
+        assert http.get(f"/v1/files/{file_id}/content").content == image.content
     listed = http.get("/v1/images/jobs", params={"limit": 5}).json()["data"]
     assert [item["id"] for item in listed] == [job["id"]]
 

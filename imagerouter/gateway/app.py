@@ -108,6 +108,10 @@ def _routes() -> list[Route]:
         route("/v1/images/jobs/{job_id}", routes.get_job, "job", ["GET"]),
         route("/v1/files/{file_id}", routes.get_file, "file", ["GET"]),
         route("/v1/files/{file_id}/content", routes.get_file, "file", ["GET"]),
+        # Signed image URLs go into `<img src>`: the signature stands in for the key.
+        route("/v1/signed/{path:path}", routes.get_signed_file, "signed_file", ["GET"],
+              auth=False),
+        route("/v1/images/variations", routes.variations, "variations", ["POST"]),
         route("/v1/models", _models, "models", ["GET"]),
         route("/v1/models/{model_id}", _model, "model", ["GET"]),
         route("/metrics", _metrics, "metrics", ["GET"]),

@@ -9,6 +9,7 @@ client retry would start (and pay for) a new job.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,11 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from ..errors import (
+    BackendsUnavailableError,
     BudgetExceededError,
     ConfigError,
+    IdempotencyConflictError,
+    IdempotentRequestFailedError,
     ImageRouterError,
     InputImageError,
     InvalidRequestError,
@@ -108,10 +112,20 @@ def api_error_from(exc: BaseException, *, request_id: str | None = None) -> ApiE
     if isinstance(exc, InputImageError):
         param = "mask" if exc.source.startswith("mask") else "image"  # labels from bodies.py
         return bad_request(f"{param}: {exc.detail}", param=param, code="invalid_image")
+    if isinstance(exc, BackendsUnavailableError):
+        # Nothing was accepted, so nothing was paid: say when a retry may work, at once.
+        return ApiError(503, f"{exc}{where}", type="server_error", code="no_backend_available",
+                        headers={"retry-after": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, NoEligibleOfferError):
         if exc.offers:
             return bad_request(str(exc), code="no_eligible_backend")
         return ApiError(503, f"{exc}{where}", type="server_error", code="no_backend_available")
+    if isinstance(exc, IdempotencyConflictError):
+        return ApiError(409, str(exc), type="invalid_request_error",
+                        code="idempotency_conflict")
+    if isinstance(exc, IdempotentRequestFailedError):
+        return ApiError(502, f"{exc}{where}", type="server_error",
+                        code="idempotent_request_failed")
     if isinstance(exc, BudgetExceededError):
         # OpenAI answers an exhausted quota with 429 insufficient_quota; clients handle that.
         return ApiError(429, str(exc), type="insufficient_quota", code="budget_exceeded")

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..hookspecs import hookimpl
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ..execution import Progress
     from ..plugins import Plugins
     from ..result import GenerationResult
-    from .openai_shapes import ImageCall, ResponseFormat
+    from .openai_shapes import AnswerShape, ImageCall, ResponseFormat
 
 __all__ = ["CURRENT_JOB", "Job", "JobStatus", "JobStore", "install_event_relay"]
 
@@ -65,6 +66,12 @@ class Job:
     completed: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     sink: EventSink | None = field(default=None, repr=False)
+    shape: AnswerShape | None = field(default=None, repr=False)  # what the answer echoes
+    # Partial images a streaming backend sent (encoded bytes), for `stream: true` answers.
+    partials: list[bytes] = field(default_factory=list, repr=False)
+    # The images served (a local re-encode for output_compression, else the saved ones).
+    served_paths: list[Path] = field(default_factory=list, repr=False)
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def done(self) -> bool:
@@ -72,6 +79,11 @@ class Job:
 
     def note_progress(self, progress: Progress) -> None:
         self.progress = progress
+        # A backend that streams hands each partial image on with its progress note.
+        partial = getattr(progress, "partial_image", None)
+        if isinstance(partial, bytes | bytearray) and partial:
+            self.partials.append(bytes(partial))
+            self.changed.set()
 
     def note_event(self, event: AttemptEvent | ResultEvent) -> None:
         self.request_id = self.request_id or event.request_id
@@ -103,6 +115,7 @@ class Job:
                 cost_usd=str(quantize(r.cost_usd)),
                 billed_usd=None if r.billed_usd is None else str(quantize(r.billed_usd)),
                 images=len(r.images),
+                file_ids=list(self.file_ids),  # GET /v1/files/{id} (with the key)
             )
         if self.error is not None:
             out["error"] = self.error.body()["error"]
@@ -142,6 +155,7 @@ class JobStore:
             created=self.clock(),
             call=call,
             sink=sink,
+            shape=call.answer_shape(),
         )
         self._jobs[job.id] = job
         self._evict()
@@ -180,6 +194,7 @@ class JobStore:
                     on_done(job)
                 except Exception:
                     log.exception("finishing job %s failed", job.id)
+            job.changed.set()
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)

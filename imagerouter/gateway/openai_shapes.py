@@ -4,13 +4,16 @@
 an `ImageCall` (the router's fields, plus what only the gateway needs), or raises an `ApiError`
 naming the parameter, as OpenAI does. The rules (docs/gateway.md):
 
-- `model`: `gpt-image-2`, `gpt-image-1.5`, or the name of a configured tier.
+- `model`: `gpt-image-2`, `gpt-image-1.5`, a dated snapshot of one (`gpt-image-2-2026-04-21`),
+  `chatgpt-image-latest`, an alias from `gateway.model_aliases`, or a configured tier.
 - `quality`: `low|medium|high`; `auto` leaves it unset; the DALL-E values `standard`/`hd`
   mean `medium`/`high`.
-- parameters OpenAI defines that change nothing here (`moderation`, `style`,
-  `output_compression`, `input_fidelity`, `stream: false`, `partial_images: 0`) are accepted
-  and ignored; ones that ask for something we cannot give (`stream: true`, `partial_images`,
-  `svg`, ...) are a 400; anything else is a 400 `unknown_parameter`, as OpenAI's own server does.
+- validated as OpenAI does and kept on the call: `output_compression` (0-100),
+  `moderation` (`low|auto`), `input_fidelity` (`low|high`), `stream`, `partial_images` (0-3);
+  `style` is accepted and ignored; parameters that ask for output we cannot give (`svg`, ...)
+  are a 400; anything else is a 400 `unknown_parameter`, as OpenAI's own server does.
+- JSON numbers must be numbers (`n: "2"` is a 400, as at OpenAI); form fields are text.
+- an edit's mask must be a PNG of the first image's size.
 - imagerouter extensions: `tier`, `providers`, `max_cost_usd`.
 - every text value is capped (`prompt` at OpenAI's 32,000 characters, every other field at
   `MAX_FIELD_CHARS`) and must be valid Unicode (a lone surrogate from a `\\ud800` JSON escape
@@ -19,10 +22,14 @@ naming the parameter, as OpenAI does. The rules (docs/gateway.md):
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+
+from PIL import Image, UnidentifiedImageError
 
 from ..config import Config
 from ..request import MODELS, ImageInput, ImageRequest
@@ -32,10 +39,12 @@ __all__ = [
     "MAX_FIELD_CHARS",
     "MAX_INPUT_IMAGES",
     "MAX_PROMPT_CHARS",
+    "AnswerShape",
     "ImageCall",
     "ResponseFormat",
     "model_list",
     "parse_image_call",
+    "resolve_model",
     "shown",
 ]
 
@@ -54,10 +63,11 @@ _COMMON = frozenset(
      "response_format", "user", "safety_identifier", "tier", "providers", "max_cost_usd"}
 )
 _EDIT_ONLY = frozenset({"image", "image[]", "mask"})
-# Defined by OpenAI, no effect here: accepted and ignored.
-_IGNORED = frozenset({"moderation", "style", "output_compression", "input_fidelity"})
-# Defined by OpenAI, harmless only at these values.
-_ONLY_IF = {"stream": (False, "false"), "partial_images": (0, "0")}
+# Defined by OpenAI, validated and kept on the call (not router fields).
+_OPENAI_ONLY = frozenset({"moderation", "output_compression", "input_fidelity", "stream",
+                          "partial_images"})
+# Defined by OpenAI for DALL-E only: accepted and ignored.
+_IGNORED = frozenset({"style"})
 # Defined by OpenAI, asks for output we cannot produce.
 _UNSUPPORTED = frozenset(
     {"complexity", "frame_count", "frame_duration_ms", "svg", "markup", "prompt_rewriter"}
@@ -68,6 +78,24 @@ _QUALITY = {"low": "low", "medium": "medium", "high": "high", "auto": None,
 _FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _BACKGROUNDS = ("auto", "transparent", "opaque")
 _RESPONSE_FORMATS: tuple[ResponseFormat, ...] = ("b64_json", "url")
+_MODERATION = ("low", "auto")
+_FIDELITY = ("low", "high")
+# Names OpenAI serves that are one of our families.
+_BUILTIN_ALIASES = {"chatgpt-image-latest": "gpt-image-1.5"}
+_SNAPSHOT = re.compile(r"^(?P<family>.+)-\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """What an answer echoes of its request, kept after the call's inputs are dropped."""
+
+    operation: Operation
+    prompt_chars: int
+    quality: str | None
+    background: str
+    output_compression: int | None
+    stream: bool
+    partial_images: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +111,23 @@ class ImageCall:
     images: tuple[ImageInput, ...] = ()
     mask: ImageInput | None = None
     ignored: tuple[str, ...] = field(default=())
+    quality: str | None = None  # as asked (None: the backend's choice)
+    background: str = "auto"
+    output_compression: int | None = None
+    moderation: str | None = None
+    input_fidelity: str | None = None
+    stream: bool = False
+    partial_images: int = 0
+    # The `Idempotency-Key` header and its scope (a hash of the caller's gateway key).
+    idempotency_key: str | None = None
+    idempotency_scope: str = ""
+
+    def answer_shape(self) -> AnswerShape:
+        return AnswerShape(
+            operation=self.operation, prompt_chars=len(self.prompt), quality=self.quality,
+            background=self.background, output_compression=self.output_compression,
+            stream=self.stream, partial_images=self.partial_images,
+        )
 
     def build_request(self) -> ImageRequest:
         """The router's own validation (RequestValidationError on a bad field)."""
@@ -97,6 +142,9 @@ class ImageCall:
         kwargs = dict(self.fields)
         if self.mask is not None:
             kwargs["mask"] = self.mask
+        if self.idempotency_key is not None:
+            kwargs["idempotency_key"] = self.idempotency_key
+            kwargs["idempotency_scope"] = self.idempotency_scope
         return kwargs
 
 
@@ -108,23 +156,16 @@ def parse_image_call(
     response_format_default: ResponseFormat,
     images: tuple[ImageInput, ...] = (),
     mask: ImageInput | None = None,
+    form: bool = False,
 ) -> ImageCall:
-    """Validate OpenAI parameters (JSON values, or form strings for edits)."""
-    allowed = _COMMON | (_EDIT_ONLY if operation == "edit" else frozenset())
+    """Validate OpenAI parameters: JSON values, or (`form=True`) an edit form's text fields."""
+    allowed = _COMMON | _OPENAI_ONLY | (_EDIT_ONLY if operation == "edit" else frozenset())
     _screen(values)
     ignored: list[str] = []
     for name, value in values.items():
         if name in allowed:
             continue
         if value is None or name in _IGNORED:
-            ignored.append(name)
-        elif name in _ONLY_IF:
-            if value not in _ONLY_IF[name]:
-                raise bad_request(
-                    f"{name}={shown(repr(value))} is not supported: the gateway answers with "
-                    "whole images only (use POST /v1/images/jobs for long jobs)",
-                    param=name, code="unsupported_parameter",
-                )
             ignored.append(name)
         elif name in _UNSUPPORTED:
             raise bad_request(
@@ -138,9 +179,9 @@ def parse_image_call(
     prompt = _prompt(get("prompt"))
     fields: dict[str, Any] = {}
     model = _text(get("model"), "model")
-    _model_or_tier(model, _text(get("tier"), "tier"), config, fields)
+    _model_or_tier(resolve_model(model, config), _text(get("tier"), "tier"), config, fields)
     if (n := get("n")) is not None:
-        fields["n"] = _count(n)
+        fields["n"] = _whole(n, "n", 1, 10, form=form)
     if (size := _text(get("size"), "size")) is not None:
         fields["size"] = size
     quality = _choice(get("quality"), "quality", _QUALITY)
@@ -160,6 +201,16 @@ def parse_image_call(
     if response_format not in _RESPONSE_FORMATS:
         raise _not_one_of("response_format", response_format, _RESPONSE_FORMATS)
     user = _text(get("user"), "user") or _text(get("safety_identifier"), "safety_identifier")
+    compression = get("output_compression")
+    partials = get("partial_images")
+    moderation = _text(get("moderation"), "moderation")
+    if moderation is not None and moderation not in _MODERATION:
+        raise _not_one_of("moderation", moderation, _MODERATION)
+    fidelity = _text(get("input_fidelity"), "input_fidelity")
+    if fidelity is not None and fidelity not in _FIDELITY:
+        raise _not_one_of("input_fidelity", fidelity, _FIDELITY)
+    if mask is not None and images:
+        _check_mask(mask, images[0])
     return ImageCall(
         operation=operation,
         prompt=prompt,
@@ -170,7 +221,88 @@ def parse_image_call(
         images=images,
         mask=mask,
         ignored=tuple(ignored),
+        quality=quality,
+        background=fields.get("background", "auto"),
+        output_compression=None if compression is None else _whole(
+            compression, "output_compression", 0, 100, form=form),
+        moderation=moderation,
+        input_fidelity=fidelity,
+        stream=_flag(get("stream"), "stream", form=form),
+        partial_images=0 if partials is None else _whole(
+            partials, "partial_images", 0, 3, form=form),
     )
+
+
+def resolve_model(model: str | None, config: Config) -> str | None:
+    """An operator's alias, a built-in alias, or a dated snapshot -> the model or tier name."""
+    if model is None or model in MODELS or model in config.tiers:
+        return model
+    aliased = config.gateway.model_aliases.get(model) or _BUILTIN_ALIASES.get(model)
+    if aliased is not None:
+        return aliased
+    snapshot = _SNAPSHOT.match(model)
+    if snapshot is not None and snapshot["family"] in MODELS:
+        return snapshot["family"]
+    return model
+
+
+def _whole(value: Any, name: str, low: int, high: int, *, form: bool) -> int:
+    """A whole number; from a form, its text (a form has no numbers)."""
+    if form and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(
+            f"Invalid type for '{name}': expected an integer, but got "
+            f"{'a string' if isinstance(value, str) else type(value).__name__} instead.",
+            param=name, code="invalid_type",
+        )
+    if not low <= value <= high:
+        raise bad_request(
+            f"Invalid '{name}': {value} is not allowed; use a whole number from {low} to "
+            f"{high}.",
+            param=name, code="integer_out_of_range" if name != "n" else "invalid_value",
+        )
+    return value
+
+
+def _flag(value: Any, name: str, *, form: bool) -> bool:
+    if form and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(f"Invalid type for '{name}': expected a boolean.", param=name,
+                          code="invalid_type")
+    return value
+
+
+def _check_mask(mask: ImageInput, image: ImageInput) -> None:
+    """OpenAI's rule: the mask is a PNG of the (first) image's size."""
+    if mask.kind != "bytes" or image.kind != "bytes":
+        return  # paths and URLs are checked by the router when it reads them
+    mask_size = _png_size(mask.data, "mask")
+    try:
+        with Image.open(io.BytesIO(image.data or b"")) as opened:
+            image_size = opened.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return  # the router names the unreadable image
+    if mask_size != image_size:
+        raise bad_request(
+            f"Invalid mask: the mask is {mask_size[0]}x{mask_size[1]} and the image is "
+            f"{image_size[0]}x{image_size[1]}; they must be the same size.",
+            param="mask", code="invalid_image",
+        )
+
+
+def _png_size(data: bytes | None, name: str) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data or b"")) as opened:
+            if opened.format == "PNG":
+                return opened.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass
+    raise bad_request(f"Invalid {name}: it must be a PNG image.", param=name,
+                      code="invalid_image_format")
 
 
 def shown(text: str) -> str:
@@ -262,16 +394,6 @@ def _unknown_model(param: str, value: str, config: Config) -> Exception:
         f"({tiers})",
         param=param, code="model_not_found",
     )
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request("n must be a whole number from 1 to 10", param="n", code="invalid_type")
-    if not 1 <= value <= 10:
-        raise bad_request(f"{value} is not allowed for n; use 1 to 10", param="n")
-    return value
 
 
 def _choice(value: Any, name: str, table: Mapping[str, str | None]) -> str | None:

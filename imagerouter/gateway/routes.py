@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -14,9 +16,11 @@ from .bodies import (
     read_json_object,
     unsupported_media_type,
 )
-from .errors import bad_request, error_response, not_found
+from .errors import ApiError, bad_request, error_response, not_found
+from .files import MEDIA_TYPES
 from .inflight import BodyShare
 from .openai_shapes import ImageCall, ResponseFormat, parse_image_call
+from .streaming import event_stream
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -30,7 +34,9 @@ __all__ = [
     "generations",
     "get_file",
     "get_job",
+    "get_signed_file",
     "list_jobs",
+    "variations",
 ]
 
 _MAX_LIST = 100
@@ -64,20 +70,32 @@ async def _edit_call(
                                 share=body_share(request))
     return parse_image_call(form.values, operation="edit", config=gateway.config,
                             response_format_default=default_format,
-                            images=form.images, mask=form.mask)
+                            images=form.images, mask=form.mask, form=True)
+
+
+def _keyed(request: Request, call: ImageCall) -> ImageCall:
+    """The call with the request's `Idempotency-Key`, scoped by the caller's gateway key
+    (hashed, never stored as given), so two tenants' keys never collide."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return call
+    auth = request.headers.get("authorization", "")
+    scope = hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest() if auth else ""
+    return replace(call, idempotency_key=key, idempotency_scope=scope)
 
 
 async def generations(request: Request) -> Response:
     """POST /v1/images/generations"""
     gateway = gateway_of(request)
     call = await _generation_call(request, gateway, gateway.settings.response_format_default)
-    return await _answer(request, gateway, gateway.submit(call))
+    return await _answer(request, gateway, gateway.submit(_keyed(request, call)))
 
 
 async def edits(request: Request) -> Response:
     """POST /v1/images/edits (multipart)"""
     gateway = gateway_of(request)
-    call = await _edit_call(request, gateway, gateway.settings.response_format_default)
+    call = _keyed(request, await _edit_call(request, gateway,
+                                            gateway.settings.response_format_default))
     return await _answer(request, gateway, gateway.submit(call, hold=_handover(request)))
 
 
@@ -88,6 +106,8 @@ def _handover(request: Request) -> BodyShare | None:
 
 
 async def _answer(request: Request, gateway: Gateway, job: Job) -> Response:
+    if job.shape is not None and job.shape.stream:
+        return event_stream(job, gateway.job_headers(job))
     await gateway.wait(job)
     headers = gateway.job_headers(job)
     if job.error is not None:
@@ -101,10 +121,10 @@ async def create_job(request: Request) -> Response:
     Jobs answer with URLs unless `response_format: b64_json` is asked for."""
     gateway = gateway_of(request)
     if is_multipart(request):
-        call = await _edit_call(request, gateway, "url")
+        call = _keyed(request, await _edit_call(request, gateway, "url"))
         job = gateway.submit(call, hold=_handover(request))
     elif is_json(request):
-        job = gateway.submit(await _generation_call(request, gateway, "url"))
+        job = gateway.submit(_keyed(request, await _generation_call(request, gateway, "url")))
     else:
         raise unsupported_media_type("application/json (a generation) or multipart/form-data "
                                      "(an edit)")
@@ -137,6 +157,30 @@ async def list_jobs(request: Request) -> Response:
         raise bad_request(f"limit must be a whole number from 1 to {_MAX_LIST}", param="limit")
     jobs = gateway.jobs.recent(int(raw))
     return JSONResponse({"object": "list", "data": [job.summary() for job in jobs]})
+
+
+async def variations(request: Request) -> Response:
+    """POST /v1/images/variations: OpenAI's own answer for GPT Image models (DALL-E 2 alone
+    made variations, and it is retired)."""
+    raise bad_request(
+        "Variations are not supported for the models served here (only dall-e-2 had them, "
+        "and it is retired); use /v1/images/edits.",
+        param="model", code="unsupported_model",
+    )
+
+
+async def get_signed_file(request: Request) -> Response:
+    """GET /v1/signed/{path}?expires=..&sig=..: no key needed while the signature holds."""
+    gateway = gateway_of(request)
+    query = request.query_params
+    path = gateway.signer.check(request.path_params["path"], query.get("expires"),
+                                query.get("sig"))
+    if path is None:
+        raise ApiError(403, "This image URL is invalid or has expired.", code="url_expired")
+    media_type = MEDIA_TYPES.get(path.suffix.lstrip(".").replace("jpg", "jpeg"),
+                                 "application/octet-stream")
+    return FileResponse(path, media_type=media_type, filename=path.name,
+                        content_disposition_type="inline")
 
 
 async def get_file(request: Request) -> Response:

@@ -8,8 +8,8 @@ works the same whether first used by a request or by `serve` checking the config
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +17,15 @@ from ..errors import NoEligibleOfferError
 from ..pricing import quantize
 from ..redact import default_redactor
 from ..router import Router
+from . import answers
 from .auth import KeyCheck
 from .callbacks import ReplayGuard
-from .errors import ApiError
 from .files import FileStore
 from .inflight import BodyShare, InflightBytes
 from .jobs import Job, JobStore, install_event_relay
 from .metrics import Metrics
 from .openai_shapes import shown
+from .signed_urls import UrlSigner, load_url_secret
 
 if TYPE_CHECKING:
     from ..config import Config, GatewaySettings
@@ -61,10 +62,15 @@ class Gateway:
         self.replays = ReplayGuard()
         self.inflight = InflightBytes(self.settings.max_inflight_bytes)
         self.output_dir = Path(self.settings.output_dir or config.output.dir)
+        url_secret = self.settings.url_secret
+        self.signer = UrlSigner(
+            load_url_secret(None if url_secret is None else url_secret.get_secret_value()),
+            self.output_dir, ttl_s=self.settings.url_ttl_s, clock=time.time,
+        )
         # Gateway keys and callback secrets join the provider keys in the log redactor.
         redactor = default_redactor()
         for secret in (*self.settings.api_keys, self.settings.runflow_callback_secret,
-                       self.settings.runapi_callback_secret):
+                       self.settings.runapi_callback_secret, self.settings.url_secret):
             redactor.add(secret)
         if router is not None:
             install_event_relay(router.plugins)
@@ -118,14 +124,18 @@ class Gateway:
                  None if call.requested_model is None else shown(call.requested_model),
                  None if call.user is None else shown(call.user))
         if call.operation == "edit":
-            return await self.router.aedit(call.prompt, images=list(call.images), **options)
-        return await self.router.agenerate(call.prompt, **options)
+            result = await self.router.aedit(call.prompt, images=list(call.images), **options)
+        else:
+            result = await self.router.agenerate(call.prompt, **options)
+        job.served_paths = await answers.served_paths(result, job.shape)
+        return result
 
     def _finished(self, job: Job) -> None:
         if job.result is None:
             return
-        for image in job.result.images:
-            job.file_ids.append(self.files.add(image.path, image.format, job_id=job.id).id)
+        paths = job.served_paths or [image.path for image in job.result.images]
+        for image, path in zip(job.result.images, paths, strict=True):
+            job.file_ids.append(self.files.add(path, image.format, job_id=job.id).id)
 
     async def wait(self, job: Job) -> None:
         """Wait for a job without ever cancelling it (a client that goes away, or a
@@ -138,22 +148,15 @@ class Gateway:
     async def images_body(
         self, job: Job, response_format: ResponseFormat, base_url: str
     ) -> dict[str, Any]:
-        """OpenAI's ImagesResponse for a finished job. `usage` is left out: token counts
-        are not known to the providers we route to."""
+        """OpenAI's ImagesResponse for a finished job (answers.py)."""
+        base = self.public_base(base_url)
         result = job.result
         assert result is not None
-        data: list[dict[str, Any]] = []
-        for image, file_id in zip(result.images, job.file_ids, strict=True):
-            if response_format == "url":
-                data.append({"url": f"{self.public_base(base_url)}/v1/files/{file_id}"})
-            else:
-                data.append({"b64_json": await asyncio.to_thread(_b64, image.path)})
-        body: dict[str, Any] = {"created": int(job.created), "data": data}
-        if result.images:
-            first = result.images[0]
-            body["output_format"] = first.format
-            body["size"] = f"{first.width}x{first.height}"
-        return body
+        paths = job.served_paths or [image.path for image in result.images]
+        by_path = {str(path): f"{base}/v1/files/{file_id}"
+                   for path, file_id in zip(paths, job.file_ids, strict=True)}
+        return await answers.images_body(job, response_format=response_format, base_url=base,
+                                         signer=self.signer, file_url=by_path)
 
     def public_base(self, request_base: str) -> str:
         return (self.settings.public_base_url or request_base).rstrip("/")
@@ -185,11 +188,3 @@ class Gateway:
         served without lifespan, as in tests)."""
         if self._router is not None and self._owns_router:
             self._router.close()
-
-
-def _b64(path: Path) -> str:
-    try:
-        return base64.b64encode(path.read_bytes()).decode("ascii")
-    except OSError as exc:
-        raise ApiError(500, f"a saved image cannot be read: {exc.strerror}",
-                       type="server_error", code="image_unreadable") from None
