@@ -62,8 +62,7 @@ def test_the_gateway_answers_503_with_retry_after(
     sleep = RecordedSleep()
     served.router.sleep = sleep
     with served.http(timeout=30) as http:
-        answers = [http.post("/v1/images/generations", json={"prompt": "a fox"})
-                   for _ in range(3)]
+        answers = [http.post("/v1/images/generations", json={"prompt": "a fox"}) for _ in range(3)]
     assert [a.status_code for a in answers[:2]] == [502, 502]
     last = answers[2]
     assert last.status_code == 503, last.text

@@ -47,7 +47,10 @@ def test_usage_echoes_and_cost_with_the_sync_client(serve_gateway: ServeGateway)
     assert response.usage.total_tokens == 161
     assert response.usage.input_tokens_details.text_tokens == 3
     assert (response.quality, response.background, response.output_format) == (
-        "low", "opaque", "png")
+        "low",
+        "opaque",
+        "png",
+    )
     width, height = decoded(items(response)[0].b64_json).size
     assert response.size == f"{width}x{height}"  # the size served, whatever was asked
     extension = raw.http_response.json()["imagerouter"]
@@ -62,8 +65,9 @@ def test_usage_with_the_async_client(serve_gateway: ServeGateway) -> None:
 
     async def call() -> openai.types.ImagesResponse:
         async with openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key=served.key) as client:
-            return await client.images.generate(model="gpt-image-1.5", prompt="abcdefgh",
-                                                quality="medium", background="transparent")
+            return await client.images.generate(
+                model="gpt-image-1.5", prompt="abcdefgh", quality="medium", background="transparent"
+            )
 
     response = asyncio.run(call())
     assert response.usage is not None
@@ -78,18 +82,23 @@ def test_token_tables() -> None:
     assert output_image_tokens("gpt-image-1.5", "high", 1024, 1536) == 6240
     # Another size on a table model: scaled by pixels from the nearest ratio.
     assert output_image_tokens("gpt-image-1.5", "low", 2048, 2048) == 272 * 4
-    usage = estimated_usage(model="gpt-image-2", quality="low", width=1024, height=1024,
-                            images=3, prompt_chars=9)
+    usage = estimated_usage(
+        model="gpt-image-2", quality="low", width=1024, height=1024, images=3, prompt_chars=9
+    )
     assert (usage["output_tokens"], usage["input_tokens"], usage["total_tokens"]) == (
-        3 * 196, 3, 3 * 196 + 3)
+        3 * 196,
+        3,
+        3 * 196 + 3,
+    )
 
 
 def test_output_compression_is_applied_locally(serve_gateway: ServeGateway) -> None:
     served = serve_gateway()
     client = served.client()
     full = client.images.generate(prompt="a fox", output_format="jpeg", quality="low")
-    squeezed = client.images.generate(prompt="a fox", output_format="jpeg", quality="low",
-                                      output_compression=5)
+    squeezed = client.images.generate(
+        prompt="a fox", output_format="jpeg", quality="low", output_compression=5
+    )
     full_bytes = base64.b64decode(items(full)[0].b64_json or "")
     small_bytes = base64.b64decode(items(squeezed)[0].b64_json or "")
     assert decoded(items(squeezed)[0].b64_json).format == "JPEG"
@@ -109,22 +118,36 @@ def test_a_mask_of_another_size_or_not_a_png_is_a_400(
 ) -> None:
     client = serve_gateway().client()
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.edit(image=("a.png", png_bytes((64, 48)), "image/png"),
-                           mask=("m.png", png_bytes((32, 32)), "image/png"), prompt="x")
+        client.images.edit(
+            image=("a.png", png_bytes((64, 48)), "image/png"),
+            mask=("m.png", png_bytes((32, 32)), "image/png"),
+            prompt="x",
+        )
     assert (caught.value.param, caught.value.code) == ("mask", "invalid_image")
     jpeg = io.BytesIO()
     Image.new("RGB", (64, 48)).save(jpeg, "JPEG")
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.edit(image=("a.png", png_bytes((64, 48)), "image/png"),
-                           mask=("m.jpg", jpeg.getvalue(), "image/jpeg"), prompt="x")
+        client.images.edit(
+            image=("a.png", png_bytes((64, 48)), "image/png"),
+            mask=("m.jpg", jpeg.getvalue(), "image/jpeg"),
+            prompt="x",
+        )
     assert (caught.value.param, caught.value.code) == ("mask", "invalid_image_format")
     assert emulators.created() == {"runapi": 0, "runflow": 0}
 
 
 def test_form_numbers_are_text_and_accepted_in_edits(serve_gateway: ServeGateway) -> None:
-    response = serve_gateway().client().images.edit(
-        image=("a.png", png_bytes(), "image/png"), prompt="x", n=2, output_compression=90,
-        input_fidelity="high", quality="low",
+    response = (
+        serve_gateway()
+        .client()
+        .images.edit(
+            image=("a.png", png_bytes(), "image/png"),
+            prompt="x",
+            n=2,
+            output_compression=90,
+            input_fidelity="high",
+            quality="low",
+        )
     )
     assert len(items(response)) == 2
 
@@ -134,8 +157,12 @@ def test_form_numbers_are_text_and_accepted_in_edits(serve_gateway: ServeGateway
 
 @pytest.mark.parametrize(
     ("model", "served"),
-    [("gpt-image-2-2026-04-21", "gpt-image-2"), ("chatgpt-image-latest", "gpt-image-1.5"),
-     ("gpt-image-1.5-2025-12-16", "gpt-image-1.5"), ("house-style", "gpt-image-1.5")],
+    [
+        ("gpt-image-2-2026-04-21", "gpt-image-2"),
+        ("chatgpt-image-latest", "gpt-image-1.5"),
+        ("gpt-image-1.5-2025-12-16", "gpt-image-1.5"),
+        ("house-style", "gpt-image-1.5"),
+    ],
 )
 def test_snapshots_and_aliases_map_to_families(
     serve_gateway: ServeGateway, model: str, served: str
@@ -166,8 +193,9 @@ def test_signed_urls_work_without_a_key_and_refuse_tampering_and_expiry(
         assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(fetched.content)).size == (1024, 1024)
         parts = urlsplit(url)
-        tampered = url.replace("sig=", "sig=0") if "sig=0" not in url else url.replace(
-            "sig=0", "sig=1")
+        tampered = (
+            url.replace("sig=", "sig=0") if "sig=0" not in url else url.replace("sig=0", "sig=1")
+        )
         assert plain.get(tampered).status_code == 403
         later = url.replace("expires=", "expires=9")  # a longer life is a tampered one
         assert plain.get(later).status_code == 403
@@ -208,7 +236,8 @@ def test_the_url_secret_survives_restarts_and_stays_private(
 def test_create_variation_is_openais_400(serve_gateway: ServeGateway) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         serve_gateway().client().images.create_variation(
-            image=("a.png", png_bytes((64, 64)), "image/png"))
+            image=("a.png", png_bytes((64, 64)), "image/png")
+        )
     assert caught.value.status_code == 400
     assert caught.value.param == "model"
 
@@ -220,8 +249,9 @@ def test_streaming_a_generation_with_the_sync_client(
     serve_gateway: ServeGateway, emulators: Emulators
 ) -> None:
     served = serve_gateway()
-    stream = served.client().images.generate(prompt="a fox", stream=True, partial_images=2,
-                                             quality="low")
+    stream = served.client().images.generate(
+        prompt="a fox", stream=True, partial_images=2, quality="low"
+    )
     events = list(stream)
     # The emulated backends do not stream: no partials, then the image (OpenAI allows 0..N).
     assert [event.type for event in events] == ["image_generation.completed"]
@@ -237,8 +267,9 @@ def test_streaming_an_edit_with_the_async_client(serve_gateway: ServeGateway) ->
 
     async def call() -> list[Any]:
         async with openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key=served.key) as client:
-            stream = await client.images.edit(image=("a.png", png_bytes(), "image/png"),
-                                              prompt="make it blue", stream=True, n=2)
+            stream = await client.images.edit(
+                image=("a.png", png_bytes(), "image/png"), prompt="make it blue", stream=True, n=2
+            )
             return [event async for event in stream]
 
     events = asyncio.run(call())
@@ -266,11 +297,15 @@ def test_a_stream_client_that_disconnects_does_not_lose_the_job(
     slow_emulators(emulators, 0.5)
     served = serve_gateway()
     with (
-        httpx.Client(base_url=served.url, timeout=httpx.Timeout(5.0, read=0.1),
-                     headers={"authorization": f"Bearer {GATEWAY_KEY}"}) as impatient,
+        httpx.Client(
+            base_url=served.url,
+            timeout=httpx.Timeout(5.0, read=0.1),
+            headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+        ) as impatient,
         pytest.raises(httpx.ReadTimeout),
-        impatient.stream("POST", "/v1/images/generations",
-                         json={"prompt": "a slow fox", "stream": True}) as response,
+        impatient.stream(
+            "POST", "/v1/images/generations", json={"prompt": "a slow fox", "stream": True}
+        ) as response,
     ):
         assert response.status_code == 200
         for _ in response.iter_bytes():
@@ -296,13 +331,26 @@ class _Partial:
 
 
 def test_partials_are_passed_through_up_to_partial_images() -> None:
-    shape = AnswerShape(operation="generate", prompt_chars=4, quality="low",
-                        background="auto", output_compression=None, stream=True,
-                        partial_images=2)
+    shape = AnswerShape(
+        operation="generate",
+        prompt_chars=4,
+        quality="low",
+        background="auto",
+        output_compression=None,
+        stream=True,
+        partial_images=2,
+    )
 
     async def run() -> list[bytes]:
-        job = Job(id="imgjob_x", operation="generate", requested_model=None,
-                  response_format="b64_json", user=None, created=0.0, shape=shape)
+        job = Job(
+            id="imgjob_x",
+            operation="generate",
+            requested_model=None,
+            response_format="b64_json",
+            user=None,
+            created=0.0,
+            shape=shape,
+        )
         response = event_stream(job, {})
         chunks: list[bytes] = []
 

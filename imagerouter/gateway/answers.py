@@ -65,8 +65,7 @@ def _quality(result: GenerationResult, shape: AnswerShape | None) -> str:
 def shape_fields(result: GenerationResult, shape: AnswerShape | None) -> dict[str, Any]:
     """`background`, `output_format`, `quality`, `size` as served."""
     out: dict[str, Any] = {
-        "background": "transparent" if shape and shape.background == "transparent"
-        else "opaque",
+        "background": "transparent" if shape and shape.background == "transparent" else "opaque",
         "quality": _quality(result, shape),
     }
     if result.images:
@@ -131,8 +130,12 @@ def completed_event(job: Job, b64: str, index: int) -> dict[str, Any]:
     result = job.result
     assert result is not None
     kind = "image_edit" if job.operation == "edit" else "image_generation"
-    event: dict[str, Any] = {"type": f"{kind}.completed", "b64_json": b64,
-                             "created_at": int(time.time()), "image_index": index}
+    event: dict[str, Any] = {
+        "type": f"{kind}.completed",
+        "b64_json": b64,
+        "created_at": int(time.time()),
+        "image_index": index,
+    }
     event.update(shape_fields(result, job.shape))
     event["usage"] = usage_of(result, job.shape)
     event["imagerouter"] = _extension(result)
@@ -143,5 +146,9 @@ def b64_of(path: Path) -> str:
     try:
         return base64.b64encode(path.read_bytes()).decode("ascii")
     except OSError as exc:
-        raise ApiError(500, f"a saved image cannot be read: {exc.strerror}",
-                       type="server_error", code="image_unreadable") from None
+        raise ApiError(
+            500,
+            f"a saved image cannot be read: {exc.strerror}",
+            type="server_error",
+            code="image_unreadable",
+        ) from None

@@ -69,8 +69,10 @@ class UrlSigner:
         except ValueError:
             return None
         expires = int(self.clock()) + self.ttl_s
-        return (f"{base}/v1/signed/{quote(relative)}?expires={expires}"
-                f"&sig={self._sig(relative, expires)}")
+        return (
+            f"{base}/v1/signed/{quote(relative)}?expires={expires}"
+            f"&sig={self._sig(relative, expires)}"
+        )
 
     def check(self, relative: str, expires: str | None, sig: str | None) -> Path | None:
         """The file a URL names when its signature is right and it has not expired."""

@@ -37,18 +37,25 @@ async def _events(job: Job, limit: int) -> AsyncIterator[bytes]:
     kind = "image_edit" if job.operation == "edit" else "image_generation"
     # Partial events echo the settings asked for (OpenAI's enums there include `auto`).
     shape = job.shape
-    echo = {"quality": (shape.quality if shape else None) or "auto",
-            "background": shape.background if shape else "auto"}
+    echo = {
+        "quality": (shape.quality if shape else None) or "auto",
+        "background": shape.background if shape else "auto",
+    }
     sent = 0
     while True:
         job.changed.clear()
         while sent < min(limit, len(job.partials)):
             partial = base64.b64encode(job.partials[sent]).decode("ascii")
-            yield sse(f"{kind}.partial_image", {
-                "type": f"{kind}.partial_image", "b64_json": partial,
-                "partial_image_index": sent, "created_at": int(time.time()),
-                **echo,
-            })
+            yield sse(
+                f"{kind}.partial_image",
+                {
+                    "type": f"{kind}.partial_image",
+                    "b64_json": partial,
+                    "partial_image_index": sent,
+                    "created_at": int(time.time()),
+                    **echo,
+                },
+            )
             sent += 1
         if job.done:
             break
@@ -73,4 +80,3 @@ def event_stream(job: Job, headers: dict[str, str]) -> StreamingResponse:
         media_type="text/event-stream",
         headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
-
