@@ -20,6 +20,9 @@ __all__ = ["Portal"]
 
 _T = TypeVar("_T")
 _STOP_TIMEOUT_S = 10.0  # a close() never hangs the interpreter on a stuck job
+# A signal that lands just before the waiting thread blocks in its lock is only noticed at the
+# next wake-up, so the wait wakes this often to let a Ctrl-C through (one press, not two).
+_WAKE_S = 0.2
 
 
 class Portal:
@@ -87,7 +90,12 @@ class Portal:
             # Inside the try: an interrupt may land on any line from here on.
             future = asyncio.run_coroutine_threadsafe(job(), loop)
             submitted = True
-            return future.result()
+            while True:
+                try:
+                    return future.result(timeout=_WAKE_S)
+                except TimeoutError:
+                    if future.done():
+                        raise  # the job's own TimeoutError, not the wait's
         except BaseException:
             interrupted.set()
             loop.call_soon_threadsafe(cancel)
