@@ -4,7 +4,6 @@ loop reads as decisions and this module as bookkeeping."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
@@ -55,7 +54,7 @@ async def record_attempt(
     verdicts = [classify(error) for error in outcome.errors]
     possibly_billed = sum(
         count
-        for error, verdict, count in _error_counts(offer, outcome, verdicts)
+        for error, verdict, count in _error_counts(router, offer, outcome, verdicts)
         if verdict.possibly_billed or (isinstance(error, ProviderError) and _billed_anyway(error))
     )
     quoted_spend = per_image * (delivered + possibly_billed)
@@ -66,9 +65,9 @@ async def record_attempt(
     )
     if router.budget is not None and reservation is not None:
         if spend > 0:
-            await asyncio.to_thread(router.budget.settle, reservation, spend)
+            await router.budget.ledger.aio.call(router.budget.settle, reservation, spend)
         else:
-            await asyncio.to_thread(router.budget.release, reservation)
+            await router.budget.ledger.aio.call(router.budget.release, reservation)
     state.images.extend(outcome.images)
     state.remaining -= delivered
     state.task_ids.extend(outcome.task_ids)
@@ -110,8 +109,7 @@ async def record_attempt(
     if first_error is not None:
         state.last_error = first_error
     if router.ledger is not None:
-        await asyncio.to_thread(
-            router.ledger.end_attempt,
+        await router.ledger.aio.end_attempt(
             attempt_id,
             outcome=outcome_name,
             accepted=accepted,
@@ -154,11 +152,12 @@ async def record_attempt(
 
 
 def _error_counts(
-    offer: Offer, outcome: OfferOutcome, verdicts: list[Verdict]
+    router: Router, offer: Offer, outcome: OfferOutcome, verdicts: list[Verdict]
 ) -> list[tuple[BaseException, Verdict, int]]:
-    # Without per-task sizes on errors, assume each failed task had the offer's first batch
-    # size; that is exact for RunAPI (1 image a task) and an upper bound for Runflow.
-    size = offer.batches[0] if offer.batches else 1
+    # Errors carry no per-task size, so each failed task counts the images one task of this
+    # offer makes at most, as its provider says (exact for one image a task, else a bound).
+    entry = router.catalog.entries.get(offer.provider)
+    size = entry.provider.images_per_task(offer) if entry else max(offer.batches[:1] or [1])
     return [(error, verdict, size) for error, verdict in zip(outcome.errors, verdicts, strict=True)]
 
 

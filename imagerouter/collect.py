@@ -3,7 +3,6 @@ ledger. Used by the router while a job runs and by `resume` after a crash."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +57,7 @@ async def save_image(
     convert_to: str | None,
     url_expires_at: datetime | None,
     provider_task_id: str | None = None,
+    resize_to: tuple[int, int] | None = None,
 ) -> SavedImage:
     """Download and record one image. A failure raises DownloadFailedError saying where the
     image can still be had (the provider's task id and `imagerouter resume`), never only the
@@ -85,6 +85,7 @@ async def save_image(
                     headers=sink.headers,
                     url_expires_at=url_expires_at,
                     hosts=sink.hosts,
+                    resize_to=resize_to,
                 )
     except DownloadFailedError as exc:
         elsewhere = _ELSEWHERE if exc.code == "write_failed" else ""
@@ -101,8 +102,7 @@ async def save_image(
             task_id=provider_task_id,
         ) from None
     if ledger is not None:
-        await asyncio.to_thread(
-            ledger.image_saved,
+        await ledger.aio.image_saved(
             task_id,
             index=index,
             path=str(image.path),

@@ -24,17 +24,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import field_serializer as _field_serializer
 from pydantic import field_validator as _field_validator
+from pydantic import model_validator as _model_validator
 
 from .bounded import FileReadError, read_bounded
 from .errors import ConfigError, RequestValidationError
 from .geometry import Resolution
 from .pricing import PriceTable
 from .provider import ProviderSettings
-from .request import Background, ImageRequest, ModelName, OutputFormat, Quality
+from .request import MODELS, Background, ImageRequest, ModelName, OutputFormat, Quality
 from .yamlsource import (
     MAX_CONFIG_BYTES,
     child_path,
+    fold_callback_secrets,
     item_path,
     nearest_line,
     parse_yaml,
@@ -53,11 +56,15 @@ __all__ = [
     "BudgetSettings",
     "Config",
     "DownloadSettings",
+    "GatewayKey",
     "GatewaySettings",
     "HealthSettings",
     "LedgerSettings",
+    "McpSettings",
     "OutputSettings",
+    "PricesSettings",
     "RoutingSettings",
+    "SharedSettings",
     "TierVariant",
     "default_config",
     "find_config_path",
@@ -73,8 +80,6 @@ DICT_SOURCE = "<dict>"
 
 # Only a whole value is a reference: "a-${X}" stays as typed (documented in configuration.md).
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SECTIONS = ("providers", "tiers", "default_tier", "routing", "budget", "health", "ledger",
-             "output", "downloads", "gateway")
 
 
 class _Section(BaseModel):
@@ -94,6 +99,14 @@ class TierVariant(_Section):
     output_format: OutputFormat | None = None
     background: Background | None = None
 
+    @_field_validator("model")
+    @classmethod
+    def _declared_model(cls, value: str) -> str:
+        # The families the provider plugins declare (imagerouter/model_families.py).
+        if value not in MODELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(MODELS)}")
+        return value
+
     def overrides(self) -> dict[str, Any]:
         """The request fields this variant sets (for `ImageRequest.with_overrides`)."""
         return self.model_dump(exclude={"provider"}, exclude_none=True)
@@ -110,6 +123,8 @@ class RoutingSettings(_Section):
     on_unknown_submission: Literal["reconcile", "fail", "failover"] = "reconcile"
     on_deadline: Literal["wait", "fail", "hedge"] = "fail"
     resume_on_start: bool = False
+    # What a requested WxH promises when the request does not say (issue 12; docs).
+    size_policy: Literal["exact", "at_least", "nearest"] = "exact"
 
 
 class BudgetSettings(_Section):
@@ -134,11 +149,55 @@ def _expand_user(value: Path | None) -> Path | None:
     return value.expanduser() if value is not None else None
 
 
+class CacheSettings(_Section):
+    """The opt-in result cache (imagerouter/cache.py): an identical request is answered from
+    the ledger's saved images at $0 for `ttl` (e.g. 7d, 12h, 30m, 45s or seconds)."""
+
+    enabled: bool = False
+    ttl: float = Field(default=7 * 86400.0, gt=0)
+
+    @_field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> Any:
+        from .cache import parse_ttl
+
+        return parse_ttl(value)
+
+
+class PricesSettings(_Section):
+    """Live prices (imagerouter/live_prices.py, docs/prices.md): `live` uses the newest
+    snapshot `imagerouter prices refresh` stored under `dir` (None: <imagerouter home>/prices)
+    in quotes and routing; the user's `providers.<name>.prices` still win over it."""
+
+    live: bool = True
+    dir: Path | None = None
+
+    _expand = _field_validator("dir")(_expand_user)
+
+
 class LedgerSettings(_Section):
     enabled: bool = True
     path: Path | None = None  # None: imagerouter.paths.default_ledger_path()
+    # sqlite:///path or postgresql://... (imagerouter.stores); None: the `path` file. Keep a
+    # password out of it: libpq reads PGPASSWORD or ~/.pgpass.
+    url: str | None = None
 
     _expand = _field_validator("path")(_expand_user)
+
+    @_field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite://", "postgresql://", "postgres://")
+        ):
+            raise ValueError("use sqlite:///path or postgresql://user@host/db")
+        return value
+
+    @_field_serializer("url", when_used="json")
+    def _without_password(self, value: str | None) -> str | None:
+        from .stores import redact_url  # `config check --json` must not print a password
+
+        return None if value is None else redact_url(value)
 
 
 class OutputSettings(_Section):
@@ -170,15 +229,51 @@ class DownloadSettings(_Section):
         return out
 
 
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class GatewayKey(_Section):
+    """One gateway key and its limits (gateway/key_limits.py). A plain-string entry of
+    `gateway.api_keys` is a key with no limits, named `key-<position>` (1-based): a name is
+    never derived from the secret, since even a hash prefix of it would leak into reports."""
+
+    key: SecretStr
+    name: str
+    daily_usd: Decimal | None = Field(default=None, ge=0)
+    monthly_usd: Decimal | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=1)  # image requests per minute (sliding window)
+
+    def get_secret_value(self) -> str:
+        """The key itself, as on a SecretStr (so a key entry can stand where one did)."""
+        return self.key.get_secret_value()
+
+    @_field_validator("key", mode="before")
+    @classmethod
+    def _key_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str | SecretStr):
+            raise ValueError("must be text")  # never echo what may be a key
+        return value
+
+    @_field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _KEY_NAME.fullmatch(value):
+            raise ValueError("a key name is 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+
 class GatewaySettings(_Section):
     """`imagerouter serve`: the OpenAI-compatible gateway (docs/gateway.md)."""
 
     # Bearer keys clients must send. Empty: no auth, and `serve` binds to loopback only.
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    # Entries: a key (named key-1, key-2, ... by position) or {key, name, daily_usd,
+    # monthly_usd, rpm} (GatewayKey).
+    api_keys: list[GatewayKey] = Field(default_factory=list)
     # Where providers can reach this gateway; only then do creates carry a callback_url.
     public_base_url: str | None = None
-    runflow_callback_secret: SecretStr | None = None
-    runapi_callback_secret: SecretStr | None = None
+    # Callback (webhook) signing secrets by provider name: `{<provider>: secret}`. A key
+    # `<provider>_callback_secret: secret` (the older spelling) is folded in here.
+    callback_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=60 * 1024 * 1024, gt=0)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     response_format_default: Literal["b64_json", "url"] = "b64_json"
@@ -207,13 +302,27 @@ class GatewaySettings(_Section):
     def _split_keys(cls, value: Any) -> Any:
         # `api_keys: ${GATEWAY_KEYS}` may hold several keys separated by commas.
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list) and not all(isinstance(v, str | SecretStr) for v in value):
-            raise ValueError("each key must be text")  # never echo what may be a key
-        return value
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            return value
+        entries: list[Any] = []
+        for position, entry in enumerate(value, start=1):
+            if isinstance(entry, str | SecretStr):
+                entry = {"key": entry}
+            elif isinstance(entry, GatewayKey):
+                entry = entry.model_dump()
+            elif not isinstance(entry, Mapping):
+                # never echo what may be a key
+                raise ValueError("each key must be text or a mapping {key: ..., name: ...}")
+            entries.append({"name": f"key-{position}", **entry})
+        return entries
 
-    @_field_validator("runflow_callback_secret", "runapi_callback_secret", "url_secret",
-                      mode="before")
+    @_model_validator(mode="before")
+    @classmethod
+    def _fold_callback_secrets(cls, data: Any) -> Any:
+        return fold_callback_secrets(data)
+
+    @_field_validator("url_secret", mode="before")
     @classmethod
     def _secret_is_text(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str | SecretStr):
@@ -222,11 +331,18 @@ class GatewaySettings(_Section):
 
     @_field_validator("api_keys")
     @classmethod
-    def _keys_are_usable(cls, value: list[SecretStr]) -> list[SecretStr]:
+    def _keys_are_usable(cls, value: list[GatewayKey]) -> list[GatewayKey]:
         for key in value:
             text = key.get_secret_value()
             if not text or text != text.strip() or any(c.isspace() for c in text):
                 raise ValueError("a gateway key must be non-empty and contain no spaces")
+        names = [key.name for key in value]
+        if len(set(names)) != len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(f"two gateway keys are named {', '.join(twice)}")
+        secrets_ = [key.get_secret_value() for key in value]
+        if len(set(secrets_)) != len(secrets_):
+            raise ValueError("the same gateway key is listed twice")  # never say which
         return value
 
     @_field_validator("cors_origins")
@@ -270,6 +386,41 @@ class GatewaySettings(_Section):
         return value
 
 
+class SharedSettings(_Section):
+    """State the processes of one deployment share (imagerouter/stores/shared_open.py):
+    `memory` (this process), `sqlite` (a file under the imagerouter home, or sqlite:///path)
+    or `redis://host:port/db`. `prefix` starts every Redis key (several fleets, one Redis)."""
+
+    url: str = "memory"
+    prefix: str = "imagerouter:"
+
+    @_field_validator("url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value not in ("memory", "sqlite") and not value.startswith(
+            ("sqlite://", "redis://", "rediss://")
+        ):
+            raise ValueError("use memory, sqlite, sqlite:///path or redis://host:port/db")
+        return value
+
+    @_field_serializer("url", when_used="json")
+    def _without_password(self, value: str) -> str:
+        from .stores import redact_url  # `config check --json` must not print a password
+
+        return redact_url(value)
+
+
+class McpSettings(_Section):
+    """`imagerouter mcp`: the MCP server for coding agents (docs/agents.md). Its limits come on
+    top of `budget.*`: `daily_usd` caps what every MCP call together may spend per UTC day,
+    `max_cost_usd` caps each call (a call's own `max_cost_usd` may only lower it)."""
+
+    daily_usd: Decimal | None = Field(default=None, ge=0)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0)
+    # http(s) input images are handed to the provider (which fetches them) only if allowed.
+    allow_url_inputs: bool = False
+
+
 class Config(_Section):
     """The whole configuration. Build it with `load_config`; it never changes afterwards."""
 
@@ -283,6 +434,10 @@ class Config(_Section):
     output: OutputSettings = Field(default_factory=OutputSettings)
     downloads: DownloadSettings = Field(default_factory=DownloadSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    prices: PricesSettings = Field(default_factory=PricesSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
+    shared: SharedSettings = Field(default_factory=SharedSettings)
     source: str | None = Field(default=None, exclude=True)
 
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
@@ -372,6 +527,12 @@ class Config(_Section):
             raise self.error(
                 "default_tier", f"{self.default_tier!r} is not one of the tiers: {tiers}"
             )
+
+
+
+
+# The top-level keys, as the schema declares them (one place to add a section).
+_SECTIONS = tuple(name for name in Config.model_fields if name != "source")
 
 
 def _refusal(entry: Entry, fields: Mapping[str, Any]) -> str | None:

@@ -26,10 +26,11 @@ from PIL import Image
 from .errors import DownloadFailedError
 from .inputs import EXTENSIONS, ImageCheckError, check_magic, decode_image, human_bytes
 from .outputs import file_mode
+from .resize import fit_to
 from .result import SavedImage
 from .urls import HostPolicy, strip_credentials
 
-__all__ = ["MAX_REDIRECTS", "RETRYABLE_CODES", "download_image", "is_retryable"]
+__all__ = ["MAX_REDIRECTS", "RETRYABLE_CODES", "adopt_image", "download_image", "is_retryable"]
 
 MAX_REDIRECTS = 3
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -286,19 +287,23 @@ def _save(
     max_pixels: int,
     target: str | None,
     fail: _Failure,
+    resize_to: tuple[int, int] | None = None,
 ) -> SavedImage:
     convert = target is not None
     try:
         fmt = check_magic(fetched.head)
         convert = target is not None and target != fmt
         # A PNG kept as it is only needs its structure checked (every chunk's CRC), not a
-        # full decode; anything converted or not PNG is decoded in full.
-        image = decode_image(
-            fetched.temp, fmt, max_pixels=max_pixels, verify_only=fmt == "png" and not convert
-        )
+        # full decode; anything converted, resized or not PNG is decoded in full.
+        verify_only = fmt == "png" and not convert and resize_to is None
+        image = decode_image(fetched.temp, fmt, max_pixels=max_pixels, verify_only=verify_only)
     except ImageCheckError as exc:
         raise fail(f"the downloaded file {exc}", code=exc.reason) from None
     with image:
+        if resize_to is not None and image.size != resize_to:
+            # Size policy `exact`: fitted to WxH here, then re-encoded (resize.py says why).
+            image = fit_to(image, resize_to)
+            target, convert = target or fmt, True
         width, height = image.size
         if not convert:
             path = dest_dir / f"{stem}.{EXTENSIONS[fmt]}"
@@ -337,7 +342,7 @@ def _save(
         sha256=hashlib.sha256(out_data).hexdigest(),
         source_url=strip_credentials(url),
         size_bytes=len(out_data),
-        converted_from=fmt,
+        converted_from=fmt if fmt != target else None,  # None: only resized
     )
 
 
@@ -354,6 +359,7 @@ async def download_image(
     headers: Mapping[str, str] | None = None,
     url_expires_at: datetime | None = None,
     hosts: HostPolicy | None = None,
+    resize_to: tuple[int, int] | None = None,
 ) -> SavedImage:
     """Download `url` to `dest_dir/{stem}.{ext}` and return what was saved.
 
@@ -363,6 +369,7 @@ async def download_image(
     `is_retryable`), whose message names the URL the image can still be fetched from.
     `hosts` limits which hosts are fetched, the first URL and every redirect (None: the
     caller vouches for the URL; the router always passes the provider's policy).
+    `resize_to` (width, height): the saved image is fitted to exactly that size (resize.py).
     """
     target = _normalize_format(convert_to)
     if not stem or stem in (".", "..") or Path(stem).name != stem:
@@ -372,6 +379,54 @@ async def download_image(
     fetched = await _fetch(http, url, headers, max_bytes, fail, dest, stem, hosts)
     # Checking, converting and fsyncing take milliseconds: keep them off the event loop.
     try:
-        return await asyncio.to_thread(_save, fetched, url, dest, stem, max_pixels, target, fail)
+        return await asyncio.to_thread(
+            _save, fetched, url, dest, stem, max_pixels, target, fail, resize_to
+        )
     finally:
         _discard(fetched.temp)
+
+
+def _fetched_from_file(temp: Path) -> _Fetched:
+    digest = hashlib.sha256()
+    size = 0
+    with open(temp, "rb") as handle:
+        head = handle.read(_HEAD)
+        handle.seek(0)
+        while chunk := handle.read(_CHUNK):
+            size += len(chunk)
+            digest.update(chunk)
+    return _Fetched(temp, digest.hexdigest(), size, head)
+
+
+async def adopt_image(
+    temp: str | Path,
+    dest_dir: Path,
+    stem: str,
+    *,
+    provider: str,
+    source: str,
+    max_bytes: int = 50 * 2**20,
+    max_pixels: int = 64_000_000,
+    convert_to: str | None = None,
+    resize_to: tuple[int, int] | None = None,
+) -> SavedImage:
+    """Save an image a provider client already wrote to `temp` (decoded from its answer, as
+    OpenAI's b64_json): the same checks and atomic rename as a download. `temp` is consumed."""
+    target = _normalize_format(convert_to)
+    if not stem or stem in (".", "..") or Path(stem).name != stem:
+        raise ValueError(f"stem must be a plain file name without directories, not {stem!r}")
+    fail = _Failure(source, provider, None)
+    dest = Path(dest_dir)
+    path = Path(temp)
+    try:
+        fetched = await asyncio.to_thread(_fetched_from_file, path)
+        if fetched.size > max_bytes:
+            raise fail(
+                f"the image is larger than the download limit of {human_bytes(max_bytes)}",
+                code="too_large",
+            )
+        return await asyncio.to_thread(
+            _save, fetched, source, dest, stem, max_pixels, target, fail, resize_to
+        )
+    finally:
+        _discard(path)

@@ -157,17 +157,37 @@ class Emulators:
         ledger = config.ledger
         if ledger.enabled:
             path = emulated_ledger_path(ledger.path or default_ledger_path())
-            ledger = ledger.model_copy(update={"path": path})
+            # Never the shared ledger.url (e.g. PostgreSQL): emulated spend stays apart.
+            ledger = ledger.model_copy(update={"path": path, "url": None})
             self.ledgers.add(path)
         # Jobs in the emulated ledger belong to emulators that are gone: never resume them.
         routing = config.routing.model_copy(update={"resume_on_start": False})
         return config.model_copy(
-            update={"providers": providers, "ledger": ledger, "routing": routing}
+            update={"providers": providers, "ledger": ledger, "routing": routing,
+                    "shared": _emulated_shared(config)}
         )
 
     def created(self) -> dict[str, int]:
         """Paid creates each emulator counted."""
         return {name: app.counters.created for name, app in self.apps.items()}
+
+
+def _emulated_shared(config: Config) -> Any:
+    """Emulated health stays apart from real health, as the ledger does: an emulator's
+    injected fault must never eject the real provider."""
+    shared = config.shared
+    if shared.url == "memory":
+        return shared
+    if shared.url.startswith(("redis://", "rediss://")):
+        return shared.model_copy(update={"prefix": f"{shared.prefix}emulated:"})
+    from .stores.shared_open import shared_sqlite_path
+
+    path = shared_sqlite_path(shared.url)
+    if path is None:
+        return shared
+    return shared.model_copy(
+        update={"url": f"sqlite://{path.with_name(f'{path.stem}.emulated{path.suffix}')}"}
+    )
 
 
 @contextmanager

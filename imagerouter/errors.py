@@ -142,11 +142,14 @@ class BackendsUnavailableError(NoEligibleOfferError):
 
 
 class BudgetExceededError(ImageRouterError):
-    """The request's cost does not fit a limit. Raised before any paid call."""
+    """The request's cost does not fit a limit. Raised before any paid call. `scope`: the
+    budget scope whose limit it is ("key:team-a"), None for the global budget."""
 
-    def __init__(self, message: str, *, limit: str = "", needed_usd: Any = None) -> None:
+    def __init__(self, message: str, *, limit: str = "", needed_usd: Any = None,
+                 scope: str | None = None) -> None:
         self.limit = limit
         self.needed_usd = needed_usd
+        self.scope = scope
         super().__init__(message)
 
 

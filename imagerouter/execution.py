@@ -12,6 +12,7 @@ The router (router.py) decides what to do with the errors raised here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .clock import Clock, Sleep
 from .collect import ImageSink, save_image
+from .download import adopt_image
 from .errors import (
     AuthenticationError,
     DownloadFailedError,
@@ -73,6 +75,9 @@ class Progress:
     elapsed_s: float
     # The create was answered from a same-key replay (the first answer was lost): one task.
     replayed: bool = False
+    # A streamed partial image (encoded bytes) from a backend that streams; the gateway
+    # passes it on as OpenAI's `*.partial_image` event.
+    partial_image: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -179,9 +184,7 @@ async def _number(
         if target != image.path:
             await asyncio.to_thread(os.replace, image.path, target)
             if ctx.ledger is not None:
-                await asyncio.to_thread(
-                    ctx.ledger.image_moved, task_id, index=position, path=str(target)
-                )
+                await ctx.ledger.aio.image_moved(task_id, index=position, path=str(target))
             image = dataclasses.replace(image, path=target)
         numbered.append(image)
     return numbered
@@ -216,11 +219,12 @@ async def _run_task(
         mask_url=mask_url,
         metadata={"imagerouter_request": ctx.request_id},
         callback_url=ctx.callback_url,
+        scratch_dir=str(ctx.output_dir),
+        on_partial=_partial_sink(ctx, index, len(offer.batches)),
     )
     per_image = offer.per_image_usd or Decimal(0)
     if ctx.ledger is not None:
-        await asyncio.to_thread(
-            ctx.ledger.task_submitting,
+        await ctx.ledger.aio.task_submitting(
             task_id,
             attempt_id=ctx.attempt_id,
             request_id=ctx.request_id,
@@ -242,8 +246,7 @@ async def _run_task(
             exc.args = (exc._render(),)
         if ctx.ledger is not None:
             state = "unknown" if exc.accepted == "unknown" else "not_sent"
-            await asyncio.to_thread(
-                ctx.ledger.task_finished,
+            await ctx.ledger.aio.task_finished(
                 task_id,
                 state=state,
                 error=str(exc),
@@ -251,8 +254,7 @@ async def _run_task(
             )
         raise
     if ctx.ledger is not None:
-        await asyncio.to_thread(
-            ctx.ledger.task_accepted,
+        await ctx.ledger.aio.task_accepted(
             task_id,
             provider_task_id=submission.task_id,
             poll_ref=submission.poll_ref,
@@ -261,18 +263,19 @@ async def _run_task(
         )
     _note(ctx, index, len(offer.batches), submission.state.value, started, submission.replayed)
     try:
-        status = await _poll(ctx, offer, submission, task, index, started)
+        if submission.status is not None and submission.status.terminal:
+            # A synchronous provider: the create's answer is the job's end (nothing to poll).
+            status = _finished(ctx, submission, submission.status, task)
+        else:
+            status = await _poll(ctx, offer, submission, task, index, started)
     except JobFailedError as exc:
         if ctx.ledger is not None:
-            await asyncio.to_thread(
-                ctx.ledger.task_finished, task_id, state="failed", error=str(exc)
-            )
+            await ctx.ledger.aio.task_finished(task_id, state="failed", error=str(exc))
         raise
     except JobTimedOutError as exc:
         # Still running at the provider: it may finish and be billed; `resume` collects it.
         if ctx.ledger is not None:
-            await asyncio.to_thread(
-                ctx.ledger.task_finished,
+            await ctx.ledger.aio.task_finished(
                 task_id,
                 state="timed_out",
                 error=str(exc),
@@ -283,8 +286,7 @@ async def _run_task(
     if ctx.ledger is not None:
         # Done at the provider: record when, and where the images are, before downloading,
         # so a crash during the download leaves `resume` everything it needs.
-        await asyncio.to_thread(
-            ctx.ledger.task_finished,
+        await ctx.ledger.aio.task_finished(
             task_id,
             state=status.state.value,
             billed_usd=status.billed_usd,
@@ -293,9 +295,39 @@ async def _run_task(
         )
     images = await _collect(ctx, offer, task_id, submission.task_id, status, offset)
     if ctx.ledger is not None:
-        await asyncio.to_thread(ctx.ledger.task_finished, task_id, state="collected")
+        await ctx.ledger.aio.task_finished(task_id, state="collected")
     billed = status.billed_usd if status.billed_usd is not None else submission.billed_usd
     return TaskOutcome(task_id, submission.task_id, images, billed, latency)
+
+
+def _finished(
+    ctx: RunContext, submission: Submission, status: TaskStatus, task: TaskSpec
+) -> TaskStatus:
+    if status.state.produced_images:
+        return status
+    raise JobFailedError(
+        status.error or f"the task ended {status.state.value}",
+        provider=ctx.provider.name,
+        code=status.error_code,
+        task_id=submission.task_id,
+        client_ref=task.task_id,
+    )
+
+
+def _partial_sink(ctx: RunContext, index: int, tasks: int) -> Callable[[bytes], None] | None:
+    """Hand a streamed partial image to the progress display (and the gateway)."""
+    progress = ctx.progress
+    if progress is None:
+        return None
+    started = ctx.clock()
+
+    def sink(image: bytes) -> None:
+        elapsed = ctx.clock() - started
+        progress(
+            Progress(ctx.provider.name, index, tasks, "running", elapsed, partial_image=image)
+        )
+
+    return sink
 
 
 def _lost_answer(exc: BaseException) -> bool:
@@ -481,6 +513,8 @@ async def _collect(
     status: TaskStatus,
     offset: int,
 ) -> list[SavedImage]:
+    if status.image_files:
+        return await _adopt(ctx, offer, task_id, provider_task_id, status, offset)
     if not status.image_urls:
         raise DownloadFailedError(
             "the task succeeded but returned no image URL",
@@ -508,10 +542,69 @@ async def _collect(
             url=url,
             stem=f"{ctx.request_id}-{number}",
             convert_to=offer.convert_to,
+            resize_to=offer.resize_to,
             url_expires_at=status.urls_expire_at,
             provider_task_id=provider_task_id,
         )
         saved.append(image)
+    return saved
+
+
+async def _adopt(
+    ctx: RunContext,
+    offer: Offer,
+    task_id: str,
+    provider_task_id: str,
+    status: TaskStatus,
+    offset: int,
+) -> list[SavedImage]:
+    """Check and move into place the images a synchronous provider's client already wrote
+    to disk from its answer. They exist nowhere else, so a failure says they are lost."""
+    saved: list[SavedImage] = []
+    files = list(status.image_files)
+    try:
+        for position, temp in enumerate(files):
+            number = ctx.image_offset + offset + position + 1
+            source = f"{ctx.provider.name}:{provider_task_id}/{position + 1}"
+            try:
+                image = await adopt_image(
+                    temp,
+                    ctx.output_dir,
+                    f"{ctx.request_id}-{number}",
+                    provider=ctx.provider.name,
+                    source=source,
+                    max_bytes=ctx.max_bytes,
+                    max_pixels=ctx.max_pixels,
+                    convert_to=offer.convert_to,
+                    resize_to=offer.resize_to,
+                )
+            except DownloadFailedError as exc:
+                reason, _, _ = exc.message.partition(". It is still at ")
+                exc.message = (
+                    f"{reason}; the job was paid for and {ctx.provider.name} keeps no copy "
+                    "of its answer, so this image is lost"
+                )
+                exc.task_id = exc.task_id or provider_task_id
+                exc.args = (exc._render(),)
+                raise
+            if ctx.ledger is not None:
+                await ctx.ledger.aio.image_saved(
+                    task_id,
+                    index=position,
+                    path=str(image.path),
+                    sha256=image.sha256,
+                    source_url=source,
+                    width=image.width,
+                    height=image.height,
+                    format=image.format,
+                    size_bytes=image.size_bytes,
+                    url_expires_at=None,
+                )
+            saved.append(image)
+    finally:
+        for temp in files[len(saved) :]:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
     return saved
 
 

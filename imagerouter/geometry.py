@@ -13,6 +13,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+__all__ = [
+    "MAX_EDGE",
+    "OPENAI_MAX_PIXELS",
+    "OPENAI_MIN_PIXELS",
+    "RESOLUTIONS",
+    "RESOLUTION_AREA",
+    "SAME_RATIO_TOLERANCE",
+    "SIZE_POLICIES",
+    "Ratio",
+    "Resolution",
+    "SizePolicy",
+    "covers",
+    "nearest_ratio",
+    "openai_size_problem",
+    "parse_size",
+    "pixels_for",
+    "resolution_class",
+    "round_size",
+    "same_ratio",
+    "size_verdict",
+]
+
 Resolution = Literal["1k", "2k", "4k"]
 RESOLUTIONS: tuple[Resolution, ...] = ("1k", "2k", "4k")
 
@@ -111,3 +133,98 @@ def nearest_ratio(
     if best is None or best[0] > tolerance:
         return None
     return best[1]
+
+
+# --- Size policies (issue 12): what a requested WxH promises ---------------------------------
+
+SizePolicy = Literal["exact", "at_least", "nearest"]
+SIZE_POLICIES: tuple[SizePolicy, ...] = ("exact", "at_least", "nearest")
+# Two sizes have "the same aspect ratio" within 1%: a backend that rounds its sides to
+# multiples of 16 (RunAPI's 4:3 at 1k is 1184x880) is still the ratio asked for, and fitting it
+# to WxH then crops under 1% from one edge instead of distorting the picture.
+SAME_RATIO_TOLERANCE = 0.01
+
+
+def same_ratio(
+    a: tuple[int, int], b: tuple[int, int], tolerance: float = SAME_RATIO_TOLERANCE
+) -> bool:
+    """Whether two (width, height) sizes have the same aspect ratio, within `tolerance`."""
+    first, second = a[0] / a[1], b[0] / b[1]
+    return abs(first - second) / second <= tolerance
+
+
+def covers(delivered: tuple[int, int], wanted: tuple[int, int]) -> bool:
+    """Whether `delivered` is at least `wanted` on both sides."""
+    return delivered[0] >= wanted[0] and delivered[1] >= wanted[1]
+
+
+def size_verdict(
+    policy: SizePolicy, wanted: tuple[int, int], delivered: tuple[int, int] | None
+) -> tuple[bool, tuple[int, int] | None, str | None]:
+    """Whether a backend delivering `delivered` may serve a request for `wanted` under `policy`.
+
+    Returns (eligible, resize_to, why). `resize_to` is the size the router fits the download
+    to (only under `exact`; None when nothing is to be done). `why` is the reason an offer is
+    ineligible, or the note an eligible one carries (a downscale), or None.
+    `delivered` None means the backend is trusted to make the size it was asked for: under
+    `exact` the download is still fitted to WxH (a no-op when it already is).
+    """
+    w, h = wanted
+    asked = f"{w}x{h}"
+    if policy == "nearest" or (delivered is None and policy == "at_least"):
+        return True, None, None
+    if delivered is None:
+        return True, wanted, None
+    made = f"{delivered[0]}x{delivered[1]}"
+    if delivered == wanted:
+        return True, (wanted if policy == "exact" else None), None
+    if not same_ratio(delivered, wanted):
+        return (
+            False,
+            None,
+            (
+                f"makes {made} for {asked}, another aspect ratio; size_policy {policy} needs "
+                f"{asked} exactly (size_policy nearest accepts {made})"
+                if policy == "exact"
+                else f"makes {made} for {asked}, another aspect ratio (size_policy {policy})"
+            ),
+        )
+    if not covers(delivered, wanted):
+        return (
+            False,
+            None,
+            (
+                f"makes {made} for {asked}, fewer pixels than asked; size_policy {policy} never "
+                f"upscales (size_policy nearest accepts {made})"
+            ),
+        )
+    if policy == "at_least":
+        return True, None, f"makes {made} for {asked} (size_policy at_least keeps it)"
+    return True, wanted, f"{made} downscaled to {asked} after download (Pillow)"
+
+
+def openai_size_problem(width: int, height: int) -> str | None:
+    """OpenAI's rule for a gpt-image WxH, as its 400 words it, or None when the size is valid:
+    both sides divisible by 16, long:short at most 3:1, at most 3840 on the long edge, and
+    655,360 to 8,294,400 pixels in all (docs/provider-apis openai facts, section 3)."""
+    size = f"{width}x{height}"
+    if width % 16 or height % 16:
+        return f"Invalid size '{size}'. Width and height must both be divisible by 16."
+    if max(width, height) > 3 * min(width, height):
+        return (
+            f"Invalid size '{size}'. The aspect ratio (long side to short side) must be at "
+            "most 3:1."
+        )
+    if max(width, height) > MAX_EDGE:
+        return f"Invalid size '{size}'. The longest side must be at most {MAX_EDGE} pixels."
+    pixels = width * height
+    if not OPENAI_MIN_PIXELS <= pixels <= OPENAI_MAX_PIXELS:
+        return (
+            f"Invalid size '{size}'. The total number of pixels must be between "
+            f"{OPENAI_MIN_PIXELS:,} and {OPENAI_MAX_PIXELS:,} (this size has {pixels:,})."
+        )
+    return None
+
+
+OPENAI_MIN_PIXELS = 655_360
+OPENAI_MAX_PIXELS = 8_294_400

@@ -14,8 +14,7 @@ import math
 import random
 import statistics
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from imagerouter.clock import SYSTEM_CLOCK, Clock
@@ -84,8 +83,8 @@ class HealthTracker:
         self.config_fingerprint = config_fingerprint
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
-        # One lock makes each read-modify-write atomic within this process. A store shared
-        # between processes would need its own compare-and-set.
+        # One lock makes each read-modify-write atomic within this process; a store shared
+        # between processes adds its own compare-and-set (HealthStore.update).
         self._lock = threading.RLock()
 
     # -- reading ---------------------------------------------------------------------------
@@ -156,8 +155,7 @@ class HealthTracker:
         is the trial, and it is granted only while no other attempt is in flight, so a
         trial never overlaps an attempt that started before the ejection.
         """
-        with self._lock:
-            record = self._load(key)
+        def attempt(record: BackendHealth) -> bool:
             now = self._clock()
             in_flight = self._live_in_flight(record, now)
             if self._state(record, now) is not BackendState.HEALTHY:
@@ -167,13 +165,14 @@ class HealthTracker:
                 record.trial_started_at = now
             record.in_flight = in_flight + 1
             record.last_begin_at = now
-            self.store.put(key, record)
             return True
+
+        with self._lock:
+            return self.store.update(key, attempt)
 
     def release(self, key: BackendKey) -> None:
         """The attempt ended with no verdict on the backend (request error, budget stop)."""
-        with self._edit(key) as record:
-            self._end_attempt(record)
+        self._update(key, self._end_attempt)
 
     def record_success(self, key: BackendKey, latency_s: float | None = None) -> None:
         """Close the breaker, reset the failure streak, free the trial, keep the latency.
@@ -181,7 +180,8 @@ class HealthTracker:
         A success also clears OUT_OF_CREDIT and MISCONFIGURED: the account and the key work.
         It leaves a 429 cooldown alone; the provider asked for that pause explicitly.
         """
-        with self._edit(key) as record:
+
+        def apply(record: BackendHealth) -> None:
             now = self._clock()
             self._end_attempt(record)
             record.successes += 1
@@ -211,6 +211,8 @@ class HealthTracker:
                     else EWMA_ALPHA * latency_s + (1 - EWMA_ALPHA) * previous
                 )
 
+        self._update(key, apply)
+
     def record_failure(
         self,
         key: BackendKey,
@@ -225,7 +227,8 @@ class HealthTracker:
         if kind is FailureKind.REQUEST:
             return
         policy = self.policy
-        with self._edit(key) as record:
+
+        def apply(record: BackendHealth) -> None:
             now = self._clock()
             self._end_attempt(record)
             record.last_failure_at = now
@@ -252,24 +255,25 @@ class HealthTracker:
                     default = "HTTP 402: out of credit"
             record.reasons[kind.value] = (reason or default)[:_REASON_LIMIT]
 
+        self._update(key, apply)
+
     def record_balance(self, provider: str, balance_usd: Decimal) -> None:
         """Apply a free balance check to every known key of `provider`.
 
         A positive balance ends OUT_OF_CREDIT at once (the account was topped up); zero or
         less starts it, sparing a 402 round trip.
         """
-        with self._lock:
-            now = self._clock()
-            for key, record in self.store.items():
-                if key[0] != provider:
-                    continue
-                if balance_usd > 0:
-                    record.out_of_credit_until = None
-                    record.reasons.pop(FailureKind.CREDIT.value, None)
-                else:
-                    record.out_of_credit_until = now + self.policy.out_of_credit_s
-                    record.reasons[FailureKind.CREDIT.value] = f"balance is {balance_usd} USD"
-                self.store.put(key, record)
+        def apply(record: BackendHealth) -> None:
+            if balance_usd > 0:
+                record.out_of_credit_until = None
+                record.reasons.pop(FailureKind.CREDIT.value, None)
+            else:
+                record.out_of_credit_until = self._clock() + self.policy.out_of_credit_s
+                record.reasons[FailureKind.CREDIT.value] = f"balance is {balance_usd} USD"
+
+        for key, _record in self.store.items():
+            if key[0] == provider:
+                self._update(key, apply)
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -364,12 +368,11 @@ class HealthTracker:
     def _load(self, key: BackendKey) -> BackendHealth:
         return self.store.get(key) or BackendHealth()
 
-    @contextmanager
-    def _edit(self, key: BackendKey) -> Iterator[BackendHealth]:
+    def _update(self, key: BackendKey, change: Callable[[BackendHealth], None]) -> None:
+        # The lock orders this process's edits; the store's compare-and-set orders them
+        # against other processes sharing it (shared.url: sqlite or redis).
         with self._lock:
-            record = self._load(key)
-            yield record
-            self.store.put(key, record)
+            self.store.update(key, change)
 
     @staticmethod
     def _end_attempt(record: BackendHealth) -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from imagerouter.errors import ConfigError
 
@@ -32,7 +32,11 @@ __all__ = [
     "HealthPolicy",
     "HealthStore",
     "MemoryHealthStore",
+    "key_from_text",
+    "key_text",
 ]
+
+T = TypeVar("T")
 
 BackendKey = tuple[str, str, str]
 """(provider, model, operation), e.g. ("runapi", "gpt-image-2", "edit")."""
@@ -226,8 +230,25 @@ class BackendHealth:
         return record
 
 
+def key_text(key: BackendKey) -> str:
+    """The key as one string for a shared store ("provider|model|operation")."""
+    return "|".join(key)
+
+
+def key_from_text(text: str) -> BackendKey:
+    provider, model, operation = text.split("|", 2)
+    return provider, model, operation
+
+
 class HealthStore(Protocol):
-    """Keeps one BackendHealth per backend. Memory now; a shared store later."""
+    """Keeps one BackendHealth per backend: in memory (this module), in a SQLite file or in
+    Redis (imagerouter.stores.shared_sqlite / shared_redis; `shared.url` picks one).
+
+    `update` is the only way the tracker writes: it reads the record, lets `change` edit it
+    and stores it only if nobody else wrote it in between (a compare-and-set, retried), so
+    processes sharing a store never lose each other's verdicts. `change` may run more than
+    once and must not have side effects beyond the record.
+    """
 
     def get(self, key: BackendKey) -> BackendHealth | None:
         """The record for `key`, or None if the backend was never seen."""
@@ -237,6 +258,9 @@ class HealthStore(Protocol):
 
     def items(self) -> list[tuple[BackendKey, BackendHealth]]:
         """Every stored record."""
+
+    def update(self, key: BackendKey, change: Callable[[BackendHealth], T]) -> T:
+        """Atomically apply `change` to the record (a fresh one if never seen); its result."""
 
 
 class MemoryHealthStore:
@@ -258,6 +282,14 @@ class MemoryHealthStore:
     def items(self) -> list[tuple[BackendKey, BackendHealth]]:
         with self._lock:
             return [(key, record.copy()) for key, record in self._records.items()]
+
+    def update(self, key: BackendKey, change: Callable[[BackendHealth], T]) -> T:
+        with self._lock:  # one process: the lock is the compare-and-set
+            current = self._records.get(key)
+            record = current.copy() if current is not None else BackendHealth()
+            result = change(record)
+            self._records[key] = record
+            return result
 
     def __repr__(self) -> str:
         return f"MemoryHealthStore({len(self._records)} backends)"

@@ -307,6 +307,7 @@ def result_from_dict(data: dict[str, Any]) -> GenerationResult:
         params=dict(data.get("params") or {}),
         tier=data.get("tier"),
         notes=tuple(data.get("notes") or ()),
+        cached=bool(data.get("cached", False)),
     )
 
 
@@ -324,7 +325,7 @@ async def run_idempotent(
     """Run `run(request_id)` under `key`, or return (or wait for) the result of the call
     that holds it. `sleep` is awaited between looks at the ledger."""
     while True:
-        got = await asyncio.to_thread(
+        got = await store._ledger.aio.call(
             store.claim, key, fingerprint, operation=operation, request_id=new_request_id()
         )
         if isinstance(got, Claim):
@@ -348,10 +349,10 @@ async def run_idempotent(
                     request_id=record.request_id,
                 )
             if store.is_orphan(record):
-                await asyncio.to_thread(store.abandon, key, record)
+                await store._ledger.aio.call(store.abandon, key, record)
             else:
                 await sleep(poll_interval_s)
-            record = await asyncio.to_thread(store.lookup, key)
+            record = await store._ledger.aio.call(store.lookup, key)
         # The key was given back (nothing was paid): claim it again.
 
 
@@ -365,7 +366,7 @@ async def _run_claimed(
         store.failed(claim, f"request {claim.request_id} was interrupted before it finished")
         raise
     except BaseException as exc:
-        await asyncio.to_thread(store.failed, claim, f"{type(exc).__name__}: {exc}")
+        await store._ledger.aio.call(store.failed, claim, f"{type(exc).__name__}: {exc}")
         raise
-    await asyncio.to_thread(store.succeeded, claim, result)
+    await store._ledger.aio.call(store.succeeded, claim, result)
     return result

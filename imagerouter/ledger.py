@@ -14,6 +14,13 @@ from threads arriving together share one transaction and one fsync (group commit
 `Ledger`, guarded by a lock, so threads may share a `Ledger`; other `Ledger` objects and other
 processes may open the same file (SQLite's locks plus a busy timeout serialize them).
 
+Code on the event loop uses the async API, `await ledger.aio.<method>(...)` (the same methods,
+run on one writer thread that commits each queue of waiting calls in one transaction:
+`imagerouter/stores/aio.py`). The same class is the PostgreSQL ledger with another connection
+(`imagerouter/stores/postgres.py`, chosen by `ledger.url`): methods must read through
+`reading()` and write through `_tx()`/`transaction()`, never `self._conn` directly, and keep
+their SQL portable (docs/ledger.md, "Backends").
+
 Budget reservations live here too: `reserve` checks every limit and inserts the reservation
 in one immediate transaction, which is what makes concurrent requests unable to overshoot.
 Schema and states: docs/ledger.md. Read queries: `ledger_reports.py`; the reads recovery
@@ -34,7 +41,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ledger_recovery as recovery
 from . import ledger_reports as reports
@@ -50,6 +57,9 @@ from .ledger_reports import (
     parse_money,
 )
 from .migrations import migrate
+
+if TYPE_CHECKING:
+    from .stores.aio import AsyncLedger
 
 __all__ = [
     "FINISHED_TASK_STATES",
@@ -135,27 +145,34 @@ class Ledger:
 
     def __init__(self, path: Path | str, *, now: Callable[[], datetime] = _utc_now) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
+        self._conn = self._connect()
+        self._writes = GroupCommit(self._conn, self._lock)
+        self._aio: AsyncLedger | None = None
+        self._aio_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        """The one connection, configured and migrated (PgLedger opens PostgreSQL instead)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
             self.path,
             timeout=_BUSY_TIMEOUT_S,
             isolation_level=None,  # autocommit: transactions are explicit BEGIN IMMEDIATE
             check_same_thread=False,
         )
-        self._conn.row_factory = sqlite3.Row
+        conn.row_factory = sqlite3.Row
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            _use_wal(self._conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _use_wal(conn)
             # FULL: a paid record must survive a kill or a power cut, not just a crash.
-            self._conn.execute("PRAGMA synchronous = FULL")
-            migrate(self._conn, now=self._stamp())
+            conn.execute("PRAGMA synchronous = FULL")
+            migrate(conn, now=self._stamp())
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
-        self._writes = GroupCommit(self._conn, self._lock)
+        return conn
 
     def __enter__(self) -> Ledger:
         return self
@@ -166,7 +183,21 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
 
+    @property
+    def aio(self) -> AsyncLedger:
+        """The async API of this ledger (imagerouter.stores): every call is queued to one
+        writer thread and batched with the others waiting, one COMMIT for all of them."""
+        if self._aio is None:
+            from .stores.aio import AsyncLedger
+
+            with self._aio_lock:  # not the connection's lock: a COMMIT may be holding that
+                if self._aio is None:
+                    self._aio = AsyncLedger(self)
+        return self._aio
+
     def close(self) -> None:
+        if self._aio is not None:
+            self._aio.close()  # drains the writer's queue first
         with self._lock:
             self._writes.flush()
             self._conn.close()
@@ -212,18 +243,22 @@ class Ledger:
         output_dir: str,
         quoted_usd: Decimal | None,
         owner_pid: int | None = None,
+        key_name: str | None = None,
+        mcp_client: str | None = None,
     ) -> None:
         """Record a logical request (status `running`). `request` must be secret-free.
-        `owner_pid` (default: this process) lets `resume` tell a live request from a dead one."""
+        `owner_pid` (default: this process) lets `resume` tell a live request from a dead one.
+        `key_name`: the gateway key's configured name (never the key) it was made with.
+        `mcp_client`: the MCP client's name when it came through `imagerouter mcp`."""
         now = self._stamp()
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO requests (id, created_at, updated_at, status, operation, model,"
-                " tier, prompt, request_json, output_dir, quoted_usd, owner_pid)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " tier, prompt, request_json, output_dir, quoted_usd, owner_pid, key_name,"
+                " mcp_client) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request_id, now, now, operation, model, tier, prompt, _json(dict(request)),
                  output_dir, money_text(quoted_usd),
-                 os.getpid() if owner_pid is None else owner_pid),
+                 os.getpid() if owner_pid is None else owner_pid, key_name, mcp_client),
             )
 
     def begin_attempt(
@@ -551,20 +586,20 @@ class Ledger:
     def unknown_tasks(
         self, *, provider: str | None = None, limit: int | None = None
     ) -> list[UnknownTask]:
-        with self._lock:
-            return recovery.unknown_tasks(self._conn, provider=provider, limit=limit)
+        with self.reading() as conn:
+            return recovery.unknown_tasks(conn, provider=provider, limit=limit)
 
     def open_requests(self) -> list[OpenRequest]:
-        with self._lock:
-            return recovery.open_requests(self._conn)
+        with self.reading() as conn:
+            return recovery.open_requests(conn)
 
     def orphan_reservations(self) -> list[str]:
-        with self._lock:
-            return recovery.orphan_reservations(self._conn)
+        with self.reading() as conn:
+            return recovery.orphan_reservations(conn)
 
     def request_owners(self, request_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-        with self._lock:
-            return recovery.request_owners(self._conn, request_ids)
+        with self.reading() as conn:
+            return recovery.request_owners(conn, request_ids)
 
     def watching(self) -> dict[str, int]:
         """Per request, how many of its paid tasks are still being reconciled or collected
@@ -578,26 +613,26 @@ class Ledger:
         return counts
 
     def uncollected(self) -> list[UncollectedTask]:
-        with self._lock:
-            return reports.uncollected(self._conn)
+        with self.reading() as conn:
+            return reports.uncollected(conn)
 
     def spend(self, *, since: datetime | None = None, by: str | None = None) -> list[SpendRow]:
-        with self._lock:
-            return reports.spend(self._conn, since=since, by=by)
+        with self.reading() as conn:
+            return reports.spend(conn, since=since, by=by)
 
     def history(self, *, limit: int = 20) -> list[HistoryRow]:
-        with self._lock:
-            return reports.history(self._conn, limit=limit)
+        with self.reading() as conn:
+            return reports.history(conn, limit=limit)
 
     def request_detail(self, request_id: str) -> dict[str, Any]:
-        with self._lock:
-            return reports.request_detail(self._conn, request_id)
+        with self.reading() as conn:
+            return reports.request_detail(conn, request_id)
 
     def latencies(
         self, provider: str, model: str, operation: str, *, limit: int = 200
     ) -> list[float]:
-        with self._lock:
-            return reports.latencies(self._conn, provider, model, operation, limit=limit)
+        with self.reading() as conn:
+            return reports.latencies(conn, provider, model, operation, limit=limit)
 
     # --- budget reservations ------------------------------------------------------------
 
@@ -609,11 +644,15 @@ class Ledger:
         amount: Decimal,
         limits: Sequence[tuple[str, datetime | None, Decimal]],
         attempt_id: str | None = None,
+        scopes: Sequence[str] = (),
+        scoped_limits: Sequence[tuple[str, str, datetime | None, Decimal]] = (),
     ) -> None:
         """Reserve `amount` if it fits every limit, atomically; else BudgetExceededError.
 
         Each limit is (name, window start or None for all time, limit in USD). Spend counts in
-        the window its reservation was made in.
+        the window its reservation was made in. `scopes` (budget.BudgetScope labels) are
+        recorded with the reservation; each scoped limit (scope, name, start, limit) counts
+        only that scope's reservations.
         """
         if amount < 0:
             raise ValueError(f"cannot reserve a negative amount ({amount})")
@@ -627,11 +666,27 @@ class Ledger:
                         limit=name,
                         needed_usd=amount,
                     )
+            for scope, name, start, limit in scoped_limits:
+                committed = _committed(conn, start, scope)
+                if committed + amount > limit:
+                    raise BudgetExceededError(
+                        f"{name}: {amount:f} USD needed, {committed:f} of {limit:f} already "
+                        f"spent or reserved {_period(name, start)}",
+                        limit=name,
+                        needed_usd=amount,
+                        scope=scope,
+                    )
+            stamp = self._stamp()
             conn.execute(
                 "INSERT INTO reservations (id, request_id, amount_usd, state, created_at,"
                 " attempt_id) VALUES (?, ?, ?, 'open', ?, ?)",
-                (reservation_id, request_id, money_text(amount), self._stamp(), attempt_id),
+                (reservation_id, request_id, money_text(amount), stamp, attempt_id),
             )
+            for scope in dict.fromkeys(scopes):
+                conn.execute(
+                    "INSERT INTO reservation_scopes (reservation_id, scope) VALUES (?, ?)",
+                    (reservation_id, scope),
+                )
 
     def settle(self, reservation_id: str, *, amount: Decimal) -> None:
         """Replace the reservation with the final spend (billed, or quoted when unreported).
@@ -663,10 +718,11 @@ class Ledger:
                 (self._stamp(), reservation_id),
             )
 
-    def committed_usd(self, since: datetime | None) -> Decimal:
-        """Settled spend plus open reservations made since `since` (None: all time)."""
-        with self._lock:
-            return _committed(self._conn, since)
+    def committed_usd(self, since: datetime | None, *, scope: str | None = None) -> Decimal:
+        """Settled spend plus open reservations made since `since` (None: all time); with
+        `scope`, only the reservations recorded under that budget scope."""
+        with self.reading() as conn:
+            return _committed(conn, since, scope)
 
 
 def _task_cost(row: sqlite3.Row) -> Decimal:
@@ -680,12 +736,23 @@ def _task_cost(row: sqlite3.Row) -> Decimal:
     return billed if billed is not None else Decimal(row["quoted_usd"])
 
 
-def _committed(conn: sqlite3.Connection, since: datetime | None) -> Decimal:
-    rows = conn.execute(
-        "SELECT state, amount_usd, settled_usd FROM reservations"
-        " WHERE state IN ('open', 'settled') AND created_at >= ?",
-        ("" if since is None else iso(since),),
-    )
+def _committed(
+    conn: sqlite3.Connection, since: datetime | None, scope: str | None = None
+) -> Decimal:
+    low = "" if since is None else iso(since)
+    if scope is None:
+        rows = conn.execute(
+            "SELECT state, amount_usd, settled_usd FROM reservations"
+            " WHERE state IN ('open', 'settled') AND created_at >= ?",
+            (low,),
+        )
+    else:
+        rows = conn.execute(
+            "SELECT r.state, r.amount_usd, r.settled_usd FROM reservation_scopes s"
+            " JOIN reservations r ON r.id = s.reservation_id"
+            " WHERE s.scope = ? AND r.state IN ('open', 'settled') AND r.created_at >= ?",
+            (scope, low),
+        )
     total = Decimal(0)
     for state, amount, settled in rows:
         total += Decimal(settled if state == "settled" else amount)

@@ -23,9 +23,10 @@ request, poll or download has yet followed, i.e. states nothing outside the proc
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -66,6 +67,21 @@ class PendingWrites:
     def durable(self) -> bool:
         """Every deferred write so far is committed (cheap: no lock, no I/O)."""
         return all(b.done.is_set() and b.error is None for b in self._batches)
+
+    async def make_durable_async(self, *, final: bool = False) -> None:
+        """`make_durable` from an event loop: the ledger's writer thread commits (no thread
+        hop of our own); only what that did not settle goes to a worker thread."""
+        with self._lock:
+            owners = {b.owner for b in self._batches if not b.done.is_set()}
+        for owner in owners:
+            if owner.sync_point is not None:
+                await owner.sync_point()
+        with self._lock:
+            settled = all(b.done.is_set() for b in self._batches)
+        if settled:
+            self.make_durable(final=final)  # no waiting left: raises a failed COMMIT's error
+        else:
+            await asyncio.to_thread(self.make_durable, final=final)
 
     def make_durable(self, *, final: bool = False) -> None:
         """Commit every transaction holding this request's writes (blocking: an fsync).
@@ -115,6 +131,9 @@ class GroupCommit:
         self._local = threading.local()
         self.commits = 0  # transactions committed (benchmarks and tests read it)
         self.writes = 0  # writes that made it into a committed transaction
+        # Set by the ledger's async API (stores/aio.py): awaits a COMMIT of the open batch on
+        # its writer thread, so an event loop's barrier needs no thread hop of its own.
+        self.sync_point: Callable[[], Awaitable[None]] | None = None
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -215,6 +234,64 @@ class GroupCommit:
                         self._commit(batch)
         if batch.error is not None:
             raise batch.error
+
+    def run_batch(
+        self,
+        calls: Sequence[Callable[[], object]],
+        pending: Sequence[PendingWrites | None] = (),
+        barriers: Sequence[bool] = (),
+    ) -> list[tuple[bool, object]]:
+        """Run `calls` (ledger writes and reads) in one transaction and commit it once.
+
+        The single writer thread of `imagerouter.stores` uses this: many coroutines' writes,
+        queued while the previous COMMIT was under way, share one fsync. Each call's writes
+        are savepoints of the transaction (its own failure rolls back only its own), so a
+        call's result is (True, value) or (False, exception); when the COMMIT fails, every
+        call that wrote is reported failed with that error. An open batch of deferred writes
+        (`deferred_commits`) is joined and committed with it.
+
+        `pending[i]`: the deferred writes of call i's request, if it defers. When every call
+        that wrote defers, the transaction is left open (each request's `make_durable`
+        commits it before anything leaves the process), exactly as `write()` defers.
+        `barriers[i]`: call i writes nothing and only asks for the COMMIT (not counted)."""
+        results: list[tuple[bool, object]] = []
+        with self._lock:
+            try:
+                if self._batch is None:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._batch = _Batch(self)
+            except Exception as exc:
+                return [(False, exc) for _ in calls]
+            batch = self._batch
+            self._local.depth = 1
+            try:
+                for n, call in enumerate(calls):
+                    try:
+                        results.append((True, call()))
+                    except Exception as exc:
+                        results.append((False, exc))
+                        if not self._conn.in_transaction:
+                            # The whole transaction was rolled back (disk full, I/O error,
+                            # a dropped server): nothing of this batch is on disk.
+                            self._finish(batch, exc)
+                            results = [(False, exc) for _ in results]
+                            results += [(False, exc) for _ in calls[n + 1 :]]
+                            return results
+            finally:
+                self._local.depth = 0
+            barrier = [n < len(barriers) and barriers[n] for n in range(len(results))]
+            batch.writes += sum(1 for n, (ok, _) in enumerate(results) if ok and not barrier[n])
+            waiting = False
+            for n, (ok, _) in enumerate(results):
+                owner = pending[n] if n < len(pending) else None
+                if ok and (owner is None or not owner._add(batch)):
+                    waiting = True
+            if self._batch is batch and (waiting or not batch.writes):
+                self._commit(batch)
+        if batch.error is not None:
+            error = batch.error
+            return [(False, error) for _ in results]
+        return results
 
     def flush(self) -> None:
         """Commit the open batch now, if there is one (before closing the connection)."""

@@ -36,7 +36,7 @@ __all__ = [
     "uncollected",
 ]
 
-SPEND_GROUPINGS = ("provider", "model", "tier", "day")
+SPEND_GROUPINGS = ("provider", "model", "tier", "day", "key")  # key: gateway key name
 # Attempt outcomes that are not failures (the router writes served | partial | failed;
 # partial delivered images, so it counts as working).
 ATTEMPT_OK_OUTCOMES = frozenset({"served", "partial", "succeeded", "partial_succeeded"})
@@ -114,6 +114,10 @@ class UncollectedTask:
     image_urls: tuple[str, ...]
     urls_expire_at: datetime | None
     created_at: datetime
+    # The request's `size` and `size_policy` (None when it named none): resume fits the
+    # images to WxH under the `exact` policy, as the first run would have (issue 12).
+    requested_size: str | None = None
+    size_policy: str | None = None
 
 
 def uncollected(conn: sqlite3.Connection) -> list[UncollectedTask]:
@@ -159,9 +163,17 @@ def uncollected(conn: sqlite3.Connection) -> list[UncollectedTask]:
                 image_urls=urls,
                 urls_expire_at=parse_iso(row["urls_expire_at"]),
                 created_at=datetime.fromisoformat(row["created_at"]),
+                requested_size=_request_text(row, "size"),
+                size_policy=_request_text(row, "size_policy"),
             )
         )
     return found
+
+
+def _request_text(row: sqlite3.Row, name: str) -> str | None:
+    request = json.loads(row["request_json"])
+    value = request.get(name) if isinstance(request, dict) else None
+    return value if isinstance(value, str) else None
 
 
 # --- spend ----------------------------------------------------------------------------------
@@ -271,10 +283,12 @@ def spend(
         raise ValueError(f"by must be one of {', '.join(SPEND_GROUPINGS)}, not {by!r}")
     low = _since_text(since)
 
-    def key(provider: str | None, model: str | None, tier: str | None, created: str) -> str:
+    def key(provider: str | None, model: str | None, tier: str | None, created: str,
+            key_name: str | None = None) -> str:
         if by is None:
             return "total"
-        value = {"provider": provider, "model": model, "tier": tier, "day": created[:10]}[by]
+        value = {"provider": provider, "model": model, "tier": tier, "day": created[:10],
+                 "key": key_name}[by]
         return value or _MISSING
 
     groups: dict[str, _Group] = defaultdict(_Group)
@@ -282,10 +296,10 @@ def spend(
         groups["total"] = _Group()
     for r in conn.execute(
         "SELECT status, provider, COALESCE(served_model, model) AS model, tier, created_at,"
-        " elapsed_s FROM requests WHERE created_at >= ?",
+        " elapsed_s, key_name FROM requests WHERE created_at >= ?",
         (low,),
     ):
-        g = groups[key(r["provider"], r["model"], r["tier"], r["created_at"])]
+        g = groups[key(r["provider"], r["model"], r["tier"], r["created_at"], r["key_name"])]
         g.requests += 1
         g.served += r["status"] == "served"
         g.failed += r["status"] == "failed"
@@ -293,7 +307,7 @@ def spend(
         if r["elapsed_s"] is not None:
             g.elapsed.append(float(r["elapsed_s"]))
     for a in _joined(conn, "attempts", "a.provider, a.model, a.outcome", low):
-        g = groups[key(a["provider"], a["model"], a["tier"], a["created_at"])]
+        g = groups[key(a["provider"], a["model"], a["tier"], a["created_at"], a["key_name"])]
         g.attempts += 1
         if a["outcome"] is not None:
             g.finished_attempts += 1
@@ -303,7 +317,7 @@ def spend(
         " a.billed_usd, (SELECT COUNT(*) FROM images i WHERE i.task_id = a.id) AS saved"
     )
     for t in _joined(conn, "tasks", task_columns, low):
-        g = groups[key(t["provider"], t["model"], t["tier"], t["created_at"])]
+        g = groups[key(t["provider"], t["model"], t["tier"], t["created_at"], t["key_name"])]
         g.images += t["saved"]
         if not _charged(t):
             continue
@@ -322,7 +336,7 @@ def _joined(
 ) -> Iterable[sqlite3.Row]:
     # `table` and `columns` are literals from this module, never user input.
     return conn.execute(
-        f"SELECT {columns}, r.tier, r.created_at FROM {table} a"  # noqa: S608
+        f"SELECT {columns}, r.tier, r.created_at, r.key_name FROM {table} a"  # noqa: S608
         " JOIN requests r ON r.id = a.request_id WHERE r.created_at >= ?",
         (low,),
     )

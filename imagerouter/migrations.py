@@ -222,6 +222,14 @@ def m003_recovery(conn: sqlite3.Connection) -> None:
 
 
 @migration
+def m004_mcp_client(conn: sqlite3.Connection) -> None:
+    # `imagerouter mcp`: the MCP client (its handshake's clientInfo.name, as a slug) a request
+    # was made for; NULL for every other entry point. Its spend is also recorded under the
+    # budget scopes `mcp:*` and `mcp:<client>` (the reservations' scopes).
+    conn.execute("ALTER TABLE requests ADD COLUMN mcp_client TEXT")
+
+
+@migration
 def m005_idempotency_keys(conn: sqlite3.Connection) -> None:
     # Request idempotency (imagerouter/idempotency.py). A key is stored only as a hash of
     # (scope, key), so neither the caller's key nor a gateway API key (the scope) is here.
@@ -246,3 +254,73 @@ def m005_idempotency_keys(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)")
+
+
+@migration
+def m007_result_cache(conn: sqlite3.Connection) -> None:
+    # The opt-in result cache (imagerouter/cache.py): one row per served request whose images
+    # may answer an identical later request at $0. `fingerprint` hashes everything that shapes
+    # the image; `result_json` is the served result (image paths and their sha256).
+    conn.execute(
+        """
+        CREATE TABLE result_cache (
+            fingerprint TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL,        -- the request that paid for the images
+            result_json TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX result_cache_expiry ON result_cache (expires_at)")
+    # A request answered from the cache: `cached` = 1, `cache_of` the request that paid.
+    conn.execute("ALTER TABLE requests ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE requests ADD COLUMN cache_of TEXT")
+
+
+@migration
+def m006_key_scopes(conn: sqlite3.Connection) -> None:
+    # Per-key budgets (issue 12): a reservation may also count against budget scopes
+    # ("key:team-a", "mcp:<client>"), one row per scope; and each request records the
+    # configured name of the gateway key it came with (a name, never the key or its hash).
+    conn.execute(
+        """
+        CREATE TABLE reservation_scopes (
+            reservation_id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            PRIMARY KEY (scope, reservation_id)
+        )
+        """
+    )
+    conn.execute("ALTER TABLE requests ADD COLUMN key_name TEXT")
+
+
+@migration
+def m009_gateway_jobs(conn: sqlite3.Connection) -> None:
+    # Gateway jobs and file ids (gateway/jobs.py, gateway/files.py), so a job created on one
+    # replica is read, and its images fetched, from any other. `summary_json` is the job's
+    # summary without images (never input bytes, prompts or keys); paths are where the
+    # images were saved under output.dir, which the replicas share.
+    conn.execute(
+        """
+        CREATE TABLE gateway_jobs (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            response_format TEXT NOT NULL,
+            summary_json TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE gateway_files (
+            id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            format TEXT NOT NULL,
+            position INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX gateway_files_job ON gateway_files (job_id)")

@@ -22,6 +22,12 @@ class Offer:
     `params` are the provider-native fields of one task (without prompt and inputs);
     `batches` gives the number of images each task or run produces, so n=10 on Runflow with a
     4-image cap is `(4, 4, 2)`. Prices are USD per image and in total, as Decimal.
+
+    `delivered_size` is the (width, height) the backend will return (None: the backend
+    chooses, e.g. size auto). `resize_to` is set by quoting, never by a provider: under the
+    `exact` size policy, the size the router fits the downloaded image to (Pillow, LANCZOS)
+    before saving it. The rules are in
+    imagerouter/geometry.py (`size_verdict`), applied by quoting.
     """
 
     provider: str
@@ -37,6 +43,8 @@ class Offer:
     convert_to: OutputFormat | None = None
     tier: str | None = None
     variant: int | None = None
+    delivered_size: tuple[int, int] | None = None
+    resize_to: tuple[int, int] | None = None
     request: ImageRequest | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -68,6 +76,7 @@ class Offer:
         per_image_usd: Decimal,
         notes: tuple[str, ...] = (),
         convert_to: OutputFormat | None = None,
+        delivered_size: tuple[int, int] | None = None,
     ) -> Offer:
         """An eligible offer; the total is per-image price times images."""
         return cls(
@@ -81,6 +90,7 @@ class Offer:
             total_usd=per_image_usd * sum(batches),
             notes=notes,
             convert_to=convert_to,
+            delivered_size=delivered_size,
             request=request,
         )
 
@@ -118,7 +128,13 @@ class Offer:
             "convert_to": self.convert_to,
             "tier": self.tier,
             "variant": self.variant,
+            "delivered_size": _size(self.delivered_size),
+            "resize_to": _size(self.resize_to),
         }
+
+
+def _size(size: tuple[int, int] | None) -> str | None:
+    return None if size is None else f"{size[0]}x{size[1]}"
 
 
 def _usd(amount: Decimal | None) -> str | None:

@@ -19,6 +19,7 @@ __all__ = [
     "HOME_ENV",
     "default_ledger_path",
     "emulated_ledger_path",
+    "home_path",
     "imagerouter_home",
 ]
 
@@ -28,12 +29,17 @@ EMULATED_SUFFIX = ".emulated"
 
 def imagerouter_home() -> Path:
     """The imagerouter home directory, created if missing."""
-    configured = os.environ.get(HOME_ENV, "").strip()
-    home = Path(configured).expanduser() if configured else Path(
-        platformdirs.user_data_dir("imagerouter")
-    )
+    home = home_path()
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def home_path() -> Path:
+    """Where the home directory is, without creating it (for reads that may find nothing)."""
+    configured = os.environ.get(HOME_ENV, "").strip()
+    return Path(configured).expanduser() if configured else Path(
+        platformdirs.user_data_dir("imagerouter")
+    )
 
 
 def default_ledger_path() -> Path:

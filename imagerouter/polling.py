@@ -54,14 +54,14 @@ log = logging.getLogger("imagerouter.polling")
 _Z95 = 1.6448536269514722  # the 95th percentile of a standard normal
 _SQRT2 = math.sqrt(2.0)
 
-# Neither provider documents a minimum polling interval. RunAPI documents only 429 +
-# Retry-After; its SDKs poll every 2 s (a default, not a limit). Runflow *recommends* 2 s for
-# image models and rate-limits with 429. 0.5 s is a floor we take as safe: the adaptive
-# schedule reaches it only for a few polls around a job's likely finish and spends fewer polls
-# per job than the 2 s loop, so the average request rate per job stays below what both
-# providers recommend. A provider with a documented minimum belongs in this table.
+# No provider we ship documents a minimum polling interval; their SDKs poll every 2 s (a
+# default, not a limit) and they rate-limit with 429. 0.5 s is a floor we take as safe: the
+# adaptive schedule reaches it only for a few polls around a job's likely finish and spends
+# fewer polls per job than the 2 s loop, so the average request rate per job stays below
+# what the providers recommend. A provider with a documented minimum declares it as
+# `Provider.poll_floor_s`; the router passes those here (PROVIDER_FLOORS stays empty).
 DEFAULT_FLOOR_S = 0.5
-PROVIDER_FLOORS: Mapping[str, float] = {"runapi": 0.5, "runflow": 0.5}
+PROVIDER_FLOORS: Mapping[str, float] = {}
 
 # How many polls the adaptive schedule may spend per job, as a fraction of what a 2 s loop
 # spends on the same latency distribution; the schedule then places them where they cut the
@@ -165,7 +165,7 @@ class DurationModel:
         return density / survival
 
 
-# The providers' documented latencies (Runflow docs/concepts/latency; RunAPI documents none):
+# The latencies an aggregator documents for these models (docs/providers, "latency"):
 # text-to-image p50 4-15 s, p95 30 s; edits p50 8-30 s, p95 60 s. The prior takes the
 # geometric middle of each p50 range, so it is wide enough to cover the whole range.
 PRIORS: Mapping[str, DurationModel] = {

@@ -62,6 +62,10 @@ class PriceTable:
     read_on: str = ""
     notes: str = ""
     overridden: tuple[str, ...] = field(default=())
+    # Leaves replaced by a live price (`imagerouter prices refresh`, imagerouter.live_prices),
+    # and when that price was fetched; the user's overrides still win over them.
+    live: tuple[str, ...] = field(default=())
+    live_on: str = ""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PriceTable:
@@ -114,6 +118,25 @@ class PriceTable:
             read_on=self.read_on,
             notes=self.notes,
             overridden=self.overridden + paths,
+            live=self.live,
+            live_on=self.live_on,
+        )
+
+    def with_live(self, live: Mapping[str, Any], fetched_on: str) -> PriceTable:
+        """A copy with live prices (same shape as `prices`) merged in, leaf by leaf."""
+        if not live:
+            return self
+        normalized = _normalize(live, "prices")
+        return PriceTable(
+            provider=self.provider,
+            prices=_merge(self.prices, normalized),
+            currency=self.currency,
+            source=self.source,
+            read_on=self.read_on,
+            notes=self.notes,
+            overridden=self.overridden,
+            live=self.live + tuple(_leaf_paths(normalized)),
+            live_on=fetched_on,
         )
 
     def rows(self) -> list[tuple[str, Decimal]]:
@@ -128,6 +151,8 @@ class PriceTable:
             "read_on": self.read_on,
             "notes": self.notes,
             "overridden": list(self.overridden),
+            "live": list(self.live),
+            "live_on": self.live_on,
             "prices": _jsonable(self.prices),
         }
 

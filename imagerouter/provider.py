@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -26,6 +26,7 @@ from .urls import check_http_url
 
 if TYPE_CHECKING:
     from .emulation import EmulatorApp, EmulatorOptions
+    from .live_prices import FetchedPrices
     from .offers import Offer
     from .pricing import PriceTable
     from .request import ImageRequest, ModelName, Operation
@@ -132,8 +133,8 @@ class LoadedImage:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One paid task to create. `task_id` is ours (Runflow `client_ref`, RunAPI
-    `X-Client-Request-Id`); `idempotency_key` stays the same for every retry of this task."""
+    """One paid task to create. `task_id` is ours (sent as the provider's client reference,
+    where it has one); `idempotency_key` stays the same for every retry of this task."""
 
     task_id: str
     idempotency_key: str
@@ -146,6 +147,11 @@ class TaskSpec:
     mask_url: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     callback_url: str | None = None
+    # For synchronous providers whose answer carries the image bytes (OpenAI's b64_json): a
+    # folder on the output's file system to decode them into (moved into place, not copied),
+    # and a callback for streamed partial images (encoded bytes) that live displays show.
+    scratch_dir: str | None = None
+    on_partial: Callable[[bytes], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,9 @@ class Submission:
     request_id: str | None = None
     billed_usd: Decimal | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # A synchronous provider (the create is the job) answers with the job already done: the
+    # router records the acceptance, then takes this status instead of polling.
+    status: TaskStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,9 @@ class TaskStatus:
     error_code: str | None = None
     urls_expire_at: datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # Images the client already wrote to disk (temp files in `TaskSpec.scratch_dir`, decoded
+    # from the answer), instead of URLs to download; the router validates and moves them.
+    image_files: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -204,11 +216,22 @@ class Provider(ABC):
     # How long after a lost create `ProviderClient.reconcile` can still settle it without
     # risking a second task (an idempotency key the provider may forget); None: no limit.
     reconcile_window_s: ClassVar[float | None] = None
+    # True: offers are ineligible ("off until KEY is set") while no key resolves, so a user
+    # who never set one is not routed to it; emulation supplies a key, so it is on there.
+    needs_key_to_route: ClassVar[bool] = False
     docs_url: ClassVar[str] = ""
     # Hosts the provider documents for its result image URLs (`*.domain` for subdomains).
     # The API's own host is always allowed; `downloads.allowed_hosts` adds more. Any other
     # host a result URL names is refused before it is fetched (see imagerouter/urls.py).
     download_hosts: ClassVar[tuple[str, ...]] = ()
+    # The shortest wait between two polls of one task the core will ever schedule (seconds).
+    poll_floor_s: ClassVar[float] = 0.5
+    # Callbacks: the headers that may carry the signature (lowercase), and the body fields
+    # that may name the task, first match wins (see `verify_callback`, `callback_task_id`).
+    callback_signature_headers: ClassVar[tuple[str, ...]] = ("x-signature",)
+    callback_task_id_fields: ClassVar[tuple[str, ...]] = ("run_id", "task_id", "id")
+    # Keys of `providers.<name>` whose values are secrets (never echoed, always redacted).
+    secret_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
 
     @abstractmethod
     def price_table(self) -> PriceTable:
@@ -239,9 +262,61 @@ class Provider(ABC):
     def client(self, settings: ProviderSettings, http: httpx.AsyncClient) -> ProviderClient:
         """A wire client bound to these settings. Resolves the key (MissingApiKeyError)."""
 
+    def model_families(self, capabilities: Mapping[str, Any]) -> tuple[str, ...]:
+        """The model families this provider serves, from its capability table (the keys of
+        its `models` mapping by default). Requests may name any family some provider
+        declares; the core has no model list of its own."""
+        models = capabilities.get("models")
+        return tuple(str(name) for name in models) if isinstance(models, Mapping) else ()
+
+    def images_per_task(self, offer: Offer) -> int:
+        """How many images one paid task of `offer` makes at most (for counting failures
+        when an error does not say): the offer's first batch."""
+        return offer.batches[0] if offer.batches else 1
+
+    def upload_limit_bytes(self, capabilities: Mapping[str, Any]) -> int | None:
+        """The largest edit input this provider takes, from its capability table (None: the
+        core's own download/upload caps apply alone)."""
+        value = capabilities.get("max_upload_bytes")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return None
+
+    def verify_callback(self, body: bytes, headers: Mapping[str, str], secret: str) -> bool:
+        """Whether a callback carries a valid signature for `secret`. The default: a hex
+        HMAC-SHA256 of the raw body in any of `callback_signature_headers`."""
+        from .provider_kit.signatures import signature_matches
+
+        return any(
+            signature_matches(secret, body, headers.get(name))
+            for name in self.callback_signature_headers
+        )
+
+    def callback_task_id(self, payload: Mapping[str, Any]) -> str | None:
+        """The provider's task id a callback body names (its first `callback_task_id_fields`
+        that holds text or a number), or None."""
+        for name in self.callback_task_id_fields:
+            value = payload.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+                return str(value)
+        return None
+
     def emulator(self, options: EmulatorOptions) -> EmulatorApp:
         """An ASGI emulator of this provider's HTTP API, for tests and `--emulate`."""
         raise NotImplementedError(f"{self.name} ships no emulator")
+
+    async def fetch_prices(
+        self,
+        settings: ProviderSettings,
+        http: httpx.AsyncClient,
+        *,
+        etag: str | None = None,
+    ) -> FetchedPrices | None:
+        """The provider's current prices from its machine-readable price endpoint, in the
+        shape of `price_table().prices` (`imagerouter prices refresh`, live_prices.py). One
+        free GET, never a job; `etag` is the last answer's, for a 304. None: the provider
+        publishes no machine-readable prices (the default)."""
+        return None
 
     @property
     def version(self) -> str:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import RequestValidationError
+from .errors import MissingApiKeyError, RequestValidationError
+from .geometry import size_verdict
+from .live_prices import base_table
 from .offers import Offer
 from .pricing import PriceTable, quantize
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from .provider import Provider, ProviderSettings
     from .request import ImageRequest
 
-__all__ = ["Catalog", "Strategy", "quote", "rank"]
+__all__ = ["Catalog", "Strategy", "quote", "rank", "with_size_policy"]
 
 log = logging.getLogger("imagerouter.quoting")
 
@@ -83,7 +85,8 @@ class Catalog:
         entries: dict[str, Entry] = {}
         for name, provider in providers.items():
             settings = config.provider_settings(name)
-            prices = provider.price_table().with_overrides(settings.prices)
+            # Shipped table + the newest live snapshot (live_prices.py), then the user's.
+            prices = base_table(provider, config).with_overrides(settings.prices)
             capabilities = {**provider.capabilities(), **settings.capabilities}
             entries[name] = Entry(provider, settings, prices, capabilities)
         configured = [name for name in config.providers if name in entries]
@@ -107,6 +110,7 @@ def quote(
         known = ", ".join(sorted(config.tiers)) or "none are configured"
         raise RequestValidationError("tier", f"{tier_name!r} is not a tier; tiers: {known}")
     strategy = config.routing.strategy
+    request = with_size_policy(request, config)
     if request.images or request.mask is not None:
         # Edits are not memoized: their shape would pin the input images in memory.
         offers, _ = _quote_offers(catalog, request, config, tier_name)
@@ -137,6 +141,17 @@ def quote(
     return [offers[index] for index in quoted.order]
 
 
+def with_size_policy(request: ImageRequest, config: Config) -> ImageRequest:
+    """`request` with its size policy resolved (the config's `routing.size_policy` when it
+    names none), so a provider's `offers()` always sees the policy that applies."""
+    if request.size_policy is not None or request.size in (None, "auto"):
+        return request  # a ratio, a class or auto promises no pixels: no policy applies
+    # As in _reprompted: a copy with one field set, without re-running validation.
+    copy = request.__copy__()
+    copy.__dict__["size_policy"] = config.routing.size_policy
+    return copy
+
+
 def _memo(catalog: Catalog, config: Config) -> _Memo:
     memo = catalog.memo
     if memo.config is not config:  # a Router's config is frozen; a new one starts afresh
@@ -164,8 +179,7 @@ def _shape(catalog: Catalog, request: ImageRequest) -> tuple[Any, ...]:
     fields = tuple(value for name, value in request.__dict__.items() if name != "prompt")
     prompt = request.prompt
     keys = tuple(
-        entry.provider.prompt_key(prompt, entry.capabilities)
-        for entry in catalog.entries.values()
+        entry.provider.prompt_key(prompt, entry.capabilities) for entry in catalog.entries.values()
     )
     return (*fields, keys)
 
@@ -223,7 +237,8 @@ def _quote_offers(
         for index, variant in enumerate(config.tiers[tier_name]):
             overrides = variant.model_dump(exclude={"provider"}, exclude_none=True)
             try:
-                effective = request.with_overrides(**overrides)
+                # A variant's own `size` needs the policy as much as a request's does.
+                effective = with_size_policy(request.with_overrides(**overrides), config)
             except RequestValidationError as exc:
                 offers.append(
                     Offer.ineligible(variant.provider, request, f"tier variant: {exc}").in_tier(
@@ -261,16 +276,55 @@ def _offers_from(
             log.exception("provider %s failed to make offers", name)
             made = [Offer.ineligible(name, request, f"plugin error: {type(exc).__name__}: {exc}")]
             ok = False
+        if entry.provider.needs_key_to_route and not _has_key(entry):
+            # Off until its key is set (or under --emulate); still priced, so a quote shows
+            # what it would cost.
+            off = f"off until {entry.provider.key_env_var} is set"
+            made = [
+                replace(offer, eligible=False, reason=offer.reason or off)
+                if offer.eligible
+                else offer
+                for offer in made
+            ]
     return [offer.in_tier(tier, variant) for offer in made], ok
 
 
+def _has_key(entry: Entry) -> bool:
+    try:
+        entry.settings.resolve_api_key(entry.provider)
+    except MissingApiKeyError:
+        return False
+    return True
+
+
 def _apply_limits(offer: Offer, request: ImageRequest) -> Offer:
+    offer = _apply_size_policy(offer)
     limit = request.max_cost_usd
     total = offer.total_usd
     if offer.eligible and limit is not None and total is not None and total > limit:
         reason = f"costs {quantize(total)} USD, above max_cost_usd {limit}"
         return replace(offer, eligible=False, reason=reason)
     return offer
+
+
+def _apply_size_policy(offer: Offer) -> Offer:
+    """Under the request's size policy, whether the pixels this offer delivers serve the WxH
+    asked for (a tier variant's own size counts: `offer.request` is the effective request)."""
+    effective = offer.request
+    if not offer.eligible or effective is None or effective.size_policy is None:
+        return offer
+    geometry = effective.geometry
+    if geometry.kind != "pixels":
+        return offer  # a ratio at a class, or auto: no pixel size was promised
+    assert geometry.width is not None and geometry.height is not None
+    wanted = (geometry.width, geometry.height)
+    eligible, resize_to, why = size_verdict(effective.size_policy, wanted, offer.delivered_size)
+    if not eligible:
+        return replace(offer, eligible=False, reason=why)
+    if resize_to == offer.resize_to and why is None:
+        return offer
+    notes = (*offer.notes, why) if why else offer.notes
+    return replace(offer, resize_to=resize_to, notes=notes)
 
 
 def rank(

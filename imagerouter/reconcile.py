@@ -11,7 +11,6 @@ task proven absent becomes `not_sent` (and its reservation is settled again).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections import deque
@@ -173,21 +172,19 @@ async def reconcile_unknown(
         return Reconciled.UNKNOWN, None, f"{provider.name} has no way to look a task up"
     except ProviderError as exc:
         # A failed look-up, or a refused replay (which does not prove the task absent).
-        await asyncio.to_thread(ledger.task_checked, record.task_id, error=str(exc))
+        await ledger.aio.task_checked(record.task_id, error=str(exc))
         return Reconciled.UNKNOWN, None, f"the look-up failed: {exc}"
     if found is None:
         if age < ABSENT_AFTER_S:
-            await asyncio.to_thread(ledger.task_checked, record.task_id)
+            await ledger.aio.task_checked(record.task_id)
             return Reconciled.UNKNOWN, None, "not listed yet; looked up again later"
-        await asyncio.to_thread(
-            ledger.task_finished,
+        await ledger.aio.task_finished(
             record.task_id,
             state="not_sent",
             error="looked up after the lost create: no such task exists, nothing was created",
         )
         return Reconciled.ABSENT, None, "no such task exists: nothing was created or billed"
-    await asyncio.to_thread(
-        ledger.task_accepted,
+    await ledger.aio.task_accepted(
         record.task_id,
         provider_task_id=found.task_id,
         poll_ref=found.poll_ref,

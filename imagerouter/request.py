@@ -23,7 +23,8 @@ from pydantic import (
 )
 
 from .errors import RequestValidationError
-from .geometry import RESOLUTIONS, Ratio, Resolution, parse_size
+from .geometry import RESOLUTIONS, SIZE_POLICIES, Ratio, Resolution, SizePolicy, parse_size
+from .model_families import MODELS, ModelName
 from .urls import strip_credentials
 
 __all__ = [
@@ -41,13 +42,11 @@ __all__ = [
     "Quality",
 ]
 
-ModelName = Literal["gpt-image-2", "gpt-image-1.5"]
 Quality = Literal["low", "medium", "high"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Background = Literal["auto", "transparent", "opaque"]
 Operation = Literal["generate", "edit"]
 
-MODELS: tuple[ModelName, ...] = ("gpt-image-2", "gpt-image-1.5")
 QUALITIES: tuple[Quality, ...] = ("low", "medium", "high")
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "jpeg", "webp")
 BACKGROUNDS: tuple[Background, ...] = ("auto", "transparent", "opaque")
@@ -130,6 +129,22 @@ class ImageRequest(BaseModel):
     providers: tuple[str, ...] | None = None
     max_cost_usd: Decimal | None = Field(default=None, gt=0)
     allow_url_inputs: bool = False
+    # What a WxH size promises (None: the config's routing.size_policy, "exact" by default).
+    size_policy: SizePolicy | None = None
+    # OpenAI's own knobs, forwarded by the backends that take them (docs/gateway.md).
+    moderation: Literal["auto", "low"] | None = None
+    input_fidelity: Literal["high", "low"] | None = None
+    # Partial images (0-3) to stream while the image is made (the gateway's
+    # `partial_images`): a backend that streams hands them to progress; the others ignore it.
+    partial_images: int = Field(default=0, ge=0, le=3)
+
+    @field_validator("model")
+    @classmethod
+    def _declared_model(cls, value: str) -> str:
+        # Which families exist is the plugins' to say (imagerouter/model_families.py).
+        if value not in MODELS:
+            raise ValueError("is not a model any provider declares")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -329,13 +344,15 @@ class _FieldError(Exception):
 
 
 _ALLOWED: dict[str, str] = {
-    "model": ", ".join(MODELS),
     "quality": ", ".join(QUALITIES),
     "resolution": ", ".join(RESOLUTIONS),
     "output_format": ", ".join(OUTPUT_FORMATS),
     "background": ", ".join(BACKGROUNDS),
     "n": f"a whole number from 1 to {MAX_IMAGES}",
     "max_cost_usd": "a positive amount in USD",
+    "size_policy": ", ".join(SIZE_POLICIES),
+    "moderation": "auto, low",
+    "input_fidelity": "high, low",
 }
 
 
@@ -353,5 +370,7 @@ def _to_request_error(exc: ValidationError) -> RequestValidationError:
     given = error.get("input")
     if field in _ALLOWED:
         message = f"{given!r} is not allowed; use {_ALLOWED[field]}"
+    elif field == "model":  # the families the plugins declare, known only at run time
+        message = f"{given!r} is not allowed; use {', '.join(MODELS)}"
     return RequestValidationError(".".join(loc) or field, message)
 

@@ -78,6 +78,7 @@ class GenerationResult:
     params: dict[str, Any] = field(default_factory=dict)
     tier: str | None = None
     notes: tuple[str, ...] = ()
+    cached: bool = False  # answered from the result cache (imagerouter/cache.py) at $0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,4 +94,5 @@ class GenerationResult:
             "attempts": [attempt.to_dict() for attempt in self.attempts],
             "params": self.params,
             "notes": list(self.notes),
+            "cached": self.cached,
         }

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .clock import Sleep, system_sleep
 from .collect import ImageSink, save_image
 from .errors import ImageRouterError, ProviderError
+from .geometry import parse_size
 from .reconcile import PER_REQUEST, Reconciled, due, owner_alive, pending, reconcile_unknown
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ async def resume_uncollected(
         raise ImageRouterError("resume needs the ledger (ledger.enabled: true)")
     outcomes: list[ResumeOutcome] = []
     touched: set[str] = set()
-    for unknown in await asyncio.to_thread(ledger.unknown_tasks):
+    for unknown in await ledger.aio.unknown_tasks():
         if owner_alive(unknown.request_status, unknown.owner_pid):
             continue
         outcome = await _guarded(
@@ -105,7 +106,7 @@ async def reconcile_backend(router: Router, provider: str) -> list[ResumeOutcome
     if ledger is None or not due(router, provider):
         return []
     try:
-        records = await asyncio.to_thread(pending, ledger, provider)
+        records = await ledger.aio.call(pending, ledger, provider)
         outcomes = []
         for record in records[:PER_REQUEST]:
             outcome = await _guarded(
@@ -114,7 +115,7 @@ async def reconcile_backend(router: Router, provider: str) -> list[ResumeOutcome
             if outcome is None or outcome.state == "unknown":
                 continue
             if outcome.state == "accepted":
-                for task in await asyncio.to_thread(ledger.uncollected):
+                for task in await ledger.aio.uncollected():
                     if task.task_id == record.task_id:
                         outcome = await _guarded(
                             router, task.task_id, provider, partial(_resume_one, router, task, None)
@@ -122,8 +123,7 @@ async def reconcile_backend(router: Router, provider: str) -> list[ResumeOutcome
                         break
             if outcome is not None:
                 outcomes.append(outcome)
-            await asyncio.to_thread(ledger.settle_reservations, record.request_id,
-                                    resettle=True)
+            await ledger.aio.settle_reservations(record.request_id, resettle=True)
         return outcomes
     except Exception:  # recovery must never break the request that triggered it
         log.warning("reconciling %s's unknown tasks failed", provider, exc_info=True)
@@ -137,13 +137,15 @@ async def sweep(
     sleep: Sleep | None = None,
     passes: int | None = None,
     first_delay: bool = False,
+    lease: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Run a resume pass every `interval` seconds (default `SWEEP_INTERVAL_S`; the
     gateway's sweeper) until cancelled, or `passes` times. `router_of` gives the Router when
     a pass runs (the gateway builds its own lazily); `sleep` defaults to the router's own, so
     tests that inject one never wait on wall time. Without a ledger there is nothing to
     sweep; a failing pass is logged and the next one runs anyway. `first_delay`: wait one
-    interval before the first pass."""
+    interval before the first pass. `lease`: a pass runs only when it returns True (one
+    sweeper at a time in a fleet: stores/shared_lease.py)."""
     every = SWEEP_INTERVAL_S if interval is None else interval
     done = 0
     while passes is None or done < passes:
@@ -154,6 +156,8 @@ async def sweep(
         done += 1
         if router is None or router.ledger is None:
             continue
+        if lease is not None and not await lease():
+            continue  # another replica's sweeper holds the lease
         try:
             for outcome in await resume_uncollected(router):
                 log.info("sweeper: %s (%s): %s %s", outcome.task_id, outcome.provider,
@@ -214,8 +218,8 @@ async def _reconcile_one(router: Router, record: UnknownTask) -> ResumeOutcome:
 
 
 async def _collectable(ledger: Ledger) -> list[UncollectedTask]:
-    tasks = await asyncio.to_thread(ledger.uncollected)
-    owners = await asyncio.to_thread(ledger.request_owners, [t.request_id for t in tasks])
+    tasks = await ledger.aio.uncollected()
+    owners = await ledger.aio.request_owners([t.request_id for t in tasks])
     return [
         task for task in tasks
         if not owner_alive(*owners.get(task.request_id, ("failed", None)))
@@ -237,8 +241,8 @@ async def _resume_one(
     if not status.terminal:
         return ResumeOutcome(task.task_id, task.provider, "running", detail=status.state.value)
     if not status.state.produced_images:
-        await asyncio.to_thread(
-            ledger.task_finished, task.task_id, state=status.state.value, error=status.error
+        await ledger.aio.task_finished(
+            task.task_id, state=status.state.value, error=status.error
         )
         return ResumeOutcome(task.task_id, task.provider, "failed", detail=status.error or "")
     sink = ImageSink(
@@ -263,12 +267,12 @@ async def _resume_one(
             url=url,
             stem=f"{task.task_id}-r{index + 1}",
             convert_to=task.output_format,
+            resize_to=_resize_to(task, router.config.routing.size_policy),
             url_expires_at=status.urls_expire_at,
             provider_task_id=task.provider_task_id,
         )
         saved.append(str(image.path))
-    await asyncio.to_thread(
-        ledger.task_finished,
+    await ledger.aio.task_finished(
         task.task_id,
         state="collected",
         billed_usd=status.billed_usd,
@@ -286,12 +290,11 @@ async def _close_requests(ledger: Ledger, touched: Iterable[str]) -> None:
     """Close requests whose process died, and settle every reservation left open (or made
     stale by what this pass learned) from what the requests' tasks cost."""
     settle = set(touched)
-    for request in await asyncio.to_thread(ledger.open_requests):
+    for request in await ledger.aio.open_requests():
         if owner_alive(request.status, request.owner_pid):
             continue
         if request.status == "running":
-            await asyncio.to_thread(
-                ledger.close_request,
+            await ledger.aio.close_request(
                 request.request_id,
                 error="the process stopped before the request finished; `imagerouter resume` "
                 "collects its paid tasks",
@@ -299,4 +302,14 @@ async def _close_requests(ledger: Ledger, touched: Iterable[str]) -> None:
             log.info("resume: closed %s (its process is gone)", request.request_id)
         settle.add(request.request_id)
     for request_id in sorted(settle):
-        await asyncio.to_thread(ledger.settle_reservations, request_id, resettle=True)
+        await ledger.aio.settle_reservations(request_id, resettle=True)
+
+
+def _resize_to(task: UncollectedTask, default_policy: str) -> tuple[int, int] | None:
+    """The WxH a resumed image is fitted to: the request's size under size policy `exact`."""
+    if (task.size_policy or default_policy) != "exact" or task.requested_size in (None, "auto"):
+        return None
+    try:
+        return parse_size(task.requested_size or "")
+    except ValueError:
+        return None

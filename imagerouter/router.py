@@ -23,23 +23,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+from pydantic import SecretStr
 
-from .budget import Budget, BudgetLimits
+from .budget import Budget, BudgetLimits, budget_scopes, current_scopes
+from .cache import route_with_cache
 from .clock import SYSTEM_CLOCK, Clock, Sleep, system_sleep
 from .config import Config, load_config
-from .errors import ConfigError, ImageRouterError, RequestValidationError
+from .errors import ConfigError, ImageRouterError, MissingApiKeyError, RequestValidationError
 from .health import BackendStats, HealthPolicy, HealthTracker
 from .idempotency import IdempotencyKey, IdempotencyStore, fingerprint, run_idempotent
 from .inputs import check_mask, load_input
 from .ledger import Ledger
 from .ledger_commit import current_pending, deferred_commits
+from .model_families import declare_model_families
 from .outputs import ensure_writable_dir
-from .paths import default_ledger_path
 from .plugins import Plugins
 from .polling import AdaptiveSchedules, FixedSchedule, PollSchedule
 from .portal import Portal
@@ -49,11 +51,13 @@ from .reconcile import RecoveryState
 from .redact import default_redactor
 from .request import MODELS, ImageInput, ImageRequest
 from .resume import ResumeOutcome, resume_uncollected
-from .routing import new_request_id, route_request
+from .routing import new_request_id
+from .stores import ledger_url, open_ledger
 from .transport import LimitedTransport, LoopClients
 from .urls import HostPolicy
 
 if TYPE_CHECKING:
+    from .batch import BatchOutcome
     from .execution import Progress
     from .offers import Offer
     from .pricing import PriceTable
@@ -93,23 +97,27 @@ class Router:
         self._schedule = schedule
         self.config.check_providers(self.plugins.providers())
         self.catalog = Catalog.build(self.plugins.providers(), self.config)
+        for entry in self.catalog.entries.values():
+            families = entry.provider.model_families(entry.capabilities)
+            declare_model_families(families, provider=entry.provider.name)
         # The process-wide redactor, so log filters installed by the CLI know our keys too.
         self.redactor = default_redactor()
-        for name in self.catalog.entries:
-            api_key = self.config.provider_settings(name).api_key
-            if api_key is not None:
-                self.redactor.add(api_key.get_secret_value())
+        for name, entry in self.catalog.entries.items():
+            # Every secret the provider says its settings hold (the key, by default).
+            settings = self.config.provider_settings(name)
+            for key in sorted(entry.provider.secret_settings):
+                secret = getattr(settings, key, None)
+                if isinstance(secret, SecretStr):
+                    self.redactor.add(secret.get_secret_value())
         self.ledger = self._open_ledger(ledger)
         # Poll schedules learned per backend from the ledger's job durations (polling.py).
         self._adaptive = AdaptiveSchedules(
-            self.ledger.latencies if self.ledger is not None else None, clock=clock
+            self.ledger.latencies if self.ledger is not None else None,
+            floors={name: e.provider.poll_floor_s for name, e in self.catalog.entries.items()},
+            clock=clock,
         )
         self.budget = self._make_budget()
-        self.health = health or HealthTracker(
-            HealthPolicy.from_mapping(self.config.health.model_dump()),
-            clock=clock,
-            config_fingerprint=self.config.fingerprint(),
-        )
+        self.health = health or self._make_health(clock)
         self._loops = LoopClients(self._make_http)
         self._portal = Portal()
         # Interpreter exit stops the portal's thread (and closes its client) without hanging.
@@ -137,8 +145,7 @@ class Router:
             return ledger
         if ledger is False or ledger is None or not self.config.ledger.enabled:
             return None
-        path = self.config.ledger.path or default_ledger_path()
-        return Ledger(path)
+        return open_ledger(ledger_url(self.config.ledger))
 
     def _make_budget(self) -> Budget | None:
         cfg = self.config.budget
@@ -193,7 +200,7 @@ class Router:
             try:
                 return await work
             finally:
-                await asyncio.to_thread(pending.make_durable, final=True)
+                await pending.make_durable_async(final=True)
 
     def http(self) -> httpx.AsyncClient:
         """The HTTP client of the running event loop, reused by every call on that loop."""
@@ -299,6 +306,8 @@ class Router:
         raw_key = options.pop("idempotency_key", None)
         # The gateway scopes keys by its caller's API key, so two tenants' keys never collide.
         scope = str(options.pop("idempotency_scope", "") or "")
+        # The result cache (cache.py): None follows config `cache.enabled`.
+        use_cache: bool | None = options.pop("cache", None)
         request = ImageRequest.build(prompt=prompt, **options)
         if edit and not request.images:
             # Without one, "edit" would quietly run (and bill) a generate.
@@ -311,7 +320,9 @@ class Router:
         mask = _load(request.mask) if request.mask is not None else None
         check_mask(inputs, mask)
         if raw_key is None:
-            return await route_request(self, request, inputs, mask, output_dir, progress)
+            return await route_with_cache(
+                self, request, inputs, mask, output_dir, progress, use_cache=use_cache
+            )
         key = IdempotencyKey.of(raw_key, scope)
         if self.ledger is None:
             raise RequestValidationError(
@@ -319,8 +330,9 @@ class Router:
             )
 
         async def run(request_id: str) -> GenerationResult:
-            return await route_request(
-                self, request, inputs, mask, output_dir, progress, request_id=request_id
+            return await route_with_cache(
+                self, request, inputs, mask, output_dir, progress, request_id=request_id,
+                use_cache=use_cache,
             )
 
         return await run_idempotent(
@@ -333,13 +345,38 @@ class Router:
             sleep=self.sleep,
         )
 
+    # -- batches (imagerouter/batch/) -----------------------------------------------------
+
+    def abatch(
+        self, requests: Iterable[Mapping[str, Any]], *, concurrency: int = 4, **options: Any
+    ) -> AsyncIterator[BatchOutcome]:
+        """Run many requests (dicts of generate/edit fields, an optional `id`); yields each
+        line's outcome as it finishes. See imagerouter.batch.run_requests for `options`."""
+        from .batch import run_requests
+
+        return run_requests(self, requests, concurrency=concurrency, **options)
+
+    def batch(
+        self, requests: Iterable[Mapping[str, Any]], *, concurrency: int = 4, **options: Any
+    ) -> list[BatchOutcome]:
+        """The sync twin of `abatch`: every line's outcome, in the order they finished."""
+
+        async def collect() -> list[BatchOutcome]:
+            return [item async for item in self.abatch(requests, concurrency=concurrency,
+                                                        **options)]
+
+        return self._sync(collect, "abatch")
+
     # -- health ---------------------------------------------------------------------------
 
     def health_snapshot(self) -> list[BackendStats]:
+        # The backends each routable provider serves (its own model families); a provider
+        # that is off (disabled, or waiting for its key) has none to report.
         keys = [
             (name, model, operation)
-            for name in self.catalog.entries
-            for model in MODELS
+            for name, entry in self.catalog.entries.items()
+            if _routable(entry)
+            for model in entry.provider.model_families(entry.capabilities) or MODELS
             for operation in ("generate", "edit")
         ]
         return self.health.snapshot(keys)
@@ -373,7 +410,13 @@ class Router:
                 f"this sync method was called inside a running event loop; "
                 f"use `await router.{twin}(...)` instead"
             )
-        return self._portal.call(make)
+        scopes = current_scopes()  # the caller's budget scopes (budget.py) follow it over
+
+        async def scoped() -> _T:
+            with budget_scopes(*scopes):
+                return await make()
+
+        return self._portal.call(scoped)
 
     async def aclose(self) -> None:
         """Close the HTTP clients (this loop's at once), stop the portal, close the ledger."""
@@ -384,6 +427,18 @@ class Router:
         self._loops.close_all()
         if self.ledger is not None:
             self.ledger.close()
+
+    def _make_health(self, clock: Clock) -> HealthTracker:
+        # shared.url: memory (this process), sqlite (one machine) or redis (a fleet).
+        from .stores.shared_open import health_clock, open_health_store
+
+        shared = self.config.shared
+        return HealthTracker(
+            HealthPolicy.from_mapping(self.config.health.model_dump()),
+            open_health_store(shared.url, prefix=shared.prefix),
+            clock=health_clock(shared.url, clock),
+            config_fingerprint=self.config.fingerprint(),
+        )
 
     def close(self) -> None:
         """Stop the portal (closing its client), close every other loop's client on its own
@@ -412,7 +467,7 @@ class Router:
 async def _ledger_barrier(request: httpx.Request) -> None:
     pending = current_pending()
     if pending is not None and not pending.durable():
-        await asyncio.to_thread(pending.make_durable)
+        await pending.make_durable_async()  # on the ledger's writer thread (stores/aio.py)
 
 
 def _load(item: ImageInput) -> LoadedImage | str:
@@ -421,3 +476,15 @@ def _load(item: ImageInput) -> LoadedImage | str:
         return item.url
     return load_input(item, max_bytes=MAX_INPUT_BYTES)
 
+
+def _routable(entry: Any) -> bool:
+    """Enabled, and not a provider that stays off until its key is set (and has none)."""
+    if not entry.settings.enabled:
+        return False
+    if not entry.provider.needs_key_to_route:
+        return True
+    try:
+        entry.settings.resolve_api_key(entry.provider)
+    except MissingApiKeyError:
+        return False
+    return True

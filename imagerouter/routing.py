@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .accounting import record_attempt
+from .budget import current_key_name, current_mcp_client
 from .errors import (
     BackendsUnavailableError,
     InputImageError,
@@ -117,8 +118,7 @@ async def route_request(
     started = router.clock()
     offers = _eligible(router, request, inputs, mask)
     if router.ledger is not None:
-        await asyncio.to_thread(
-            router.ledger.begin_request,
+        await router.ledger.aio.begin_request(
             request_id,
             operation=request.operation,
             model=request.model,
@@ -127,6 +127,8 @@ async def route_request(
             request=request.public_dict(),
             output_dir=str(output_dir),
             quoted_usd=offers[0].total_usd,
+            key_name=current_key_name(),  # the gateway key's name (budget_scopes), or None
+            mcp_client=current_mcp_client(),  # `imagerouter mcp`'s caller, or None
         )
     try:
         while state.remaining > 0:
@@ -204,8 +206,9 @@ def _oversized_input(
     mask: LoadedImage | str | None,
 ) -> InputImageError | None:
     """The error for the first input over this offer's provider's upload cap, if any."""
-    cap = router.capabilities(offer.provider).get("max_upload_bytes")
-    if not isinstance(cap, int):
+    entry = router.catalog.entries.get(offer.provider)
+    cap = entry.provider.upload_limit_bytes(router.capabilities(offer.provider)) if entry else None
+    if cap is None:
         return None
     for item in (*inputs, *([mask] if mask is not None else [])):
         if not isinstance(item, str) and item.size_bytes > cap:
@@ -285,7 +288,7 @@ async def _attempt(
     quoted = offer.total_usd or Decimal(0)
     try:
         reservation = (
-            await asyncio.to_thread(
+            await router.budget.ledger.aio.call(
                 router.budget.reserve, state.request_id, quoted, attempt_id=attempt_id
             )
             if router.budget
@@ -295,8 +298,7 @@ async def _attempt(
         router.health.release(offer.backend)
         raise
     if router.ledger is not None:
-        await asyncio.to_thread(
-            router.ledger.begin_attempt,
+        await router.ledger.aio.begin_attempt(
             attempt_id,
             request_id=state.request_id,
             attempt_no=attempt_no,
@@ -385,9 +387,10 @@ def _final_error(state: _State, why: str) -> BaseException:
 async def _finish_async(
     router: Router, state: _State, started: float, error: BaseException | None
 ) -> None:
-    # The ledger write (an fsync) goes to a worker thread; hooks stay on the event loop.
+    # The ledger write goes to the ledger's writer thread; hooks stay on the event loop.
     elapsed = router.clock() - started
-    await asyncio.to_thread(_end_request, router, state, elapsed, error)
+    if router.ledger is not None:
+        await router.ledger.aio.call(_end_request, router, state, elapsed, error)
     _emit_result(router, state, elapsed, error)
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_core import InitErrorDetails
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_DEPTH",
     "YamlDocument",
     "child_path",
+    "fold_callback_secrets",
     "item_path",
     "nearest_line",
     "parse_yaml",
@@ -215,8 +217,51 @@ class _Builder:
         return result
 
 
-# Values of these keys are never echoed in a message.
-_SECRET_KEYS = {"api_key", "api_keys", "runflow_callback_secret", "runapi_callback_secret"}
+# Values of these keys (and of any key that ends in `_secret` or sits below a
+# `*_secrets` mapping, see `_is_secret`) are never echoed in a message.
+_SECRET_KEYS = {"api_key", "api_keys", "url_secret"}
+_CALLBACK_SECRET = "_callback_secret"  # noqa: S105 - a key suffix, not a secret
+
+
+def _is_secret(path: str) -> bool:
+    parts = [part.split("[", 1)[0] for part in path.split(".")]
+    last = parts[-1] if parts else ""
+    return (
+        last in _SECRET_KEYS
+        or last.endswith("_secret")
+        or any(part.endswith("_secrets") for part in parts[:-1])
+        or "api_keys" in parts[:-1]  # anything inside a gateway key entry ({key: ..., name})
+    )
+
+
+def fold_callback_secrets(data: Any) -> Any:
+    """`gateway.<provider>_callback_secret: s` (the older spelling) as
+    `gateway.callback_secrets: {<provider>: s}`, for any provider name; the explicit mapping
+    wins. A value that is not text is refused under its own key, never echoed."""
+    if not isinstance(data, Mapping):
+        return data
+    legacy = [key for key in data if isinstance(key, str) and key.endswith(_CALLBACK_SECRET)]
+    if not legacy:
+        return data
+    out = dict(data)
+    folded: dict[str, Any] = {}
+    problems: list[InitErrorDetails] = []
+    for key in legacy:
+        value = out.pop(key)
+        name = key.removesuffix(_CALLBACK_SECRET)
+        if value is None:
+            continue
+        if not isinstance(value, str | SecretStr) or not name:
+            problems.append(InitErrorDetails(type="string_type", loc=(key,), input=value))
+            continue
+        folded[name] = value
+    if problems:
+        raise ValidationError.from_exception_data("GatewaySettings", problems)
+    explicit = out.get("callback_secrets")
+    out["callback_secrets"] = {**folded, **(explicit if isinstance(explicit, Mapping) else {})}
+    if explicit is not None and not isinstance(explicit, Mapping):
+        out["callback_secrets"] = explicit  # let the field's own validation say what is wrong
+    return out
 _NUMBER_ERRORS = {"float_parsing", "float_type", "decimal_parsing", "decimal_type",
                   "finite_number", "decimal_max_digits", "decimal_max_places"}
 _WHOLE_ERRORS = {"int_parsing", "int_type", "int_from_float"}
@@ -292,7 +337,7 @@ def _plain(error: Any, path: str, allowed: list[str]) -> str:
     kind = str(error["type"])
     ctx = error.get("ctx") or {}
     # "gateway.api_keys[2]" is as secret as "gateway.api_keys".
-    secret = path.rsplit(".", 1)[-1].split("[", 1)[0] in _SECRET_KEYS
+    secret = _is_secret(path)
     given = "" if secret else f", not {_describe(error.get('input'))}"
     if kind == "missing":
         return "is required"

@@ -17,7 +17,17 @@ from imagerouter.config import load_config
 from imagerouter.emulated import Emulators
 from imagerouter.plugins import Plugins
 
-KEY_VARS = ("RUNAPI_API_KEY", "RUNFLOW_API_KEY", "RUNAPI_BASE_URL", "RUNFLOW_BASE_URL")
+KEY_VARS = (
+    "RUNAPI_API_KEY",
+    "RUNFLOW_API_KEY",
+    "RUNAPI_BASE_URL",
+    "RUNFLOW_BASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+)
+# The shared fixtures emulate the two aggregators the older tests were written for; the
+# openai backend's tests (tests/test_openai_*.py) start every installed emulator.
+AGGREGATORS = ["runapi", "runflow"]
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +88,7 @@ def base_config(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def emulators(plugins: Plugins) -> Iterator[Emulators]:
-    with Emulators.start(plugins, latency="fixed:0.02", seed=7) as running:
+    with Emulators.start(plugins, names=AGGREGATORS, latency="fixed:0.02", seed=7) as running:
         yield running
 
 

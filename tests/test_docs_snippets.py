@@ -187,6 +187,7 @@ def test_yaml_snippet_is_a_valid_config(
     block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMAGEROUTER_GATEWAY_KEY", "snippet-gateway-key")
+    monkeypatch.setenv("TEAM_A_KEY", "snippet-team-a-key")  # gateway.md, per-key limits
     monkeypatch.setenv("RUNAPI_API_KEY", "snippet-runapi-key")
     path = tmp_path / "snippet.yaml"
     path.write_text(block.text, encoding="utf-8")

@@ -202,7 +202,7 @@ def test_unreadable_polls_end_the_request_quickly(
             {"runapi": "download:task_failed@1"},
             "'task_failed' only applies to create, not 'download'",
         ),
-        ({"nope": "create:503"}, "no provider is called 'nope'; known: runapi, runflow"),
+        ({"nope": "create:503"}, "no provider is called 'nope'; known: openai, runapi, runflow"),
     ],
 )
 def test_bad_fault_specs_are_one_clear_error_before_anything_starts(
@@ -251,7 +251,10 @@ def test_emulate_prints_export_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 0, result.output
     exports = [line for line in result.output.splitlines() if line.startswith("export ")]
     names = {line.split()[1].split("=")[0] for line in exports}
-    assert names == {"RUNAPI_BASE_URL", "RUNAPI_API_KEY", "RUNFLOW_BASE_URL", "RUNFLOW_API_KEY"}
+    assert names == {
+        "RUNAPI_BASE_URL", "RUNAPI_API_KEY", "RUNFLOW_BASE_URL", "RUNFLOW_API_KEY",
+        "OPENAI_BASE_URL", "OPENAI_API_KEY",
+    }
     assert "export RUNAPI_API_KEY=k1" in exports
     for line in result.output.splitlines():
         assert line.startswith(("export ", "#")), line  # nothing a shell would choke on
@@ -323,7 +326,7 @@ def test_health_snapshot_items_name_their_backend(plugins: Plugins) -> None:
     snapshot = router.health_snapshot()
     assert "BackendStats" in imagerouter.__all__
     assert snapshot and all(isinstance(item, BackendStats) for item in snapshot)
-    assert {item.provider for item in snapshot} == {"runapi", "runflow"}
+    assert {item.provider for item in snapshot} == {"runapi", "runflow"}  # openai: no key
     first = snapshot[0]
     assert (first.provider, first.model, first.operation) == first.key
 

@@ -919,7 +919,9 @@ def test_fault_matrix(
     started = time.perf_counter()
     with (
         every_log_record_scanned(scanner),
-        Emulators.start(plugins, latency="fixed:0.005", seed=SEED, hang_seconds=HANG_S) as emu,
+        Emulators.start(
+            plugins, names=list(PROVIDERS), latency="fixed:0.005", seed=SEED, hang_seconds=HANG_S
+        ) as emu,
     ):
         keys = list(emu.keys.values())
         scanner.keys = keys

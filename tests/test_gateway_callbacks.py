@@ -145,7 +145,7 @@ def test_runapi_callback_with_a_secret_needs_a_signature(serve_gateway: ServeGat
         ("runflow", b"[1]", 400),
         ("runflow", b'{"status": "succeeded"}', 400),
         ("runflow", b'{"run_id": "../../etc", "status": "x"}', 400),
-        ("openai", b'{"id": "x"}', 404),
+        ("nosuch", b'{"id": "x"}', 404),
     ],
 )
 def test_unusable_callbacks(

@@ -56,7 +56,7 @@ def _json_default(value: Any) -> Any:
 
 
 # Commands that can route to the emulators instead of real providers.
-_EMULATE_COMMANDS = frozenset({"generate", "edit", "quote", "serve"})
+_EMULATE_COMMANDS = frozenset({"generate", "edit", "quote", "serve", "batch"})
 
 
 def handle_errors(func: F) -> F:
@@ -158,7 +158,7 @@ def parse_faults(
         name = name.strip()
         if not sep or not name or not spec.strip():
             raise click.BadParameter(
-                f"{item!r}: use PROVIDER=SPEC, e.g. runapi=create:503@0.5", param_hint="--faults"
+                f"{item!r}: use PROVIDER=SPEC, SPEC e.g. create:503@0.5", param_hint="--faults"
             )
         if name not in names:
             raise click.BadParameter(

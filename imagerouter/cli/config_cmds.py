@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from ..config import Config, load_config
+from ..errors import MissingApiKeyError
 from ..plugins import Plugins
 from .common import config_option, console, handle_errors, json_option, print_json
 from .text import printable
@@ -52,7 +53,20 @@ def check(path: Path | None, config_path: Path | None, as_json: bool) -> None:
 def active_providers(cfg: Config, installed: Collection[str]) -> list[str]:
     """The providers requests can be routed to: installed and not disabled. A provider the
     config does not mention is on, with its key read from its environment variable."""
-    return [name for name in sorted(installed) if cfg.provider_settings(name).enabled]
+    providers = Plugins.load().providers()
+    active = []
+    for name in sorted(installed):
+        settings = cfg.provider_settings(name)
+        provider = providers.get(name)
+        if not settings.enabled:
+            continue
+        if provider is not None and provider.needs_key_to_route:
+            try:  # off until its key is set (openai)
+                settings.resolve_api_key(provider)
+            except MissingApiKeyError:
+                continue
+        active.append(name)
+    return active
 
 
 COMMANDS = [config]

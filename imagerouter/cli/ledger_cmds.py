@@ -47,6 +47,10 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 def _ledger(config_path: Path | None, emulated: bool = False) -> Ledger:
     loaded = load(config_path)
+    if not emulated and loaded.config.ledger.url:
+        from ..stores import open_ledger  # ledger.url: sqlite:///path or postgresql://...
+
+        return open_ledger(loaded.config.ledger.url)
     path = loaded.config.ledger.path or default_ledger_path()
     # Emulated runs keep their own ledger (emulated.py); it is read only when asked for.
     return Ledger(emulated_ledger_path(path) if emulated else path)
@@ -59,18 +63,35 @@ _emulated_option = click.option(
 
 @click.command()
 @click.option("--since", default=None, help="30m, 24h, 7d, 2w or an ISO date.")
-@click.option("--by", type=click.Choice(["provider", "model", "tier", "day"]), default=None)
+@click.option("--by", type=click.Choice(["provider", "model", "tier", "day", "key"]), default=None,
+              help="key: per gateway key, by its configured name (never the key).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also draw spend per day by provider (PNG; needs matplotlib).")
 @_emulated_option
 @config_option
 @json_option
 @handle_errors
 def spend(
-    since: str | None, by: str | None, emulated: bool, config_path: Path | None, as_json: bool
+    since: str | None,
+    by: str | None,
+    plot_path: Path | None,
+    emulated: bool,
+    config_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Spend, counts, failure rates, latency, and quoted-vs-billed drift."""
+    from .compare_cmd import check_plot_path  # the chart's checks come before any work
+
+    if plot_path is not None:
+        check_plot_path(plot_path)
     ledger = _ledger(config_path, emulated)
     try:
         rows = ledger.spend(since=parse_since(since), by=by)
+        if plot_path is not None:
+            from ..plotting import spend_by_day, spend_chart
+
+            days = spend_by_day(ledger, since=parse_since(since))
+            spend_chart(days, plot_path, title=f"Spend per day by provider{_since(since)}")
     finally:
         ledger.close()
     if as_json:
@@ -79,6 +100,10 @@ def spend(
     title = f"{' since ' + since if since else ''}{' by ' + by if by else ''}"
     console.print(_money_table(rows, f"Spend{title}", by or "total"))
     console.print(_reliability_table(rows, f"Requests and attempts{title}", by or "total"))
+
+
+def _since(since: str | None) -> str:
+    return f" since {since}" if since else ""
 
 
 def _money_table(rows: list[Any], title: str, key: str) -> Table:

@@ -38,6 +38,7 @@ class AttemptRow:
     elapsed_s: float | None = None
     outcome: str = "running"
     reason: str = ""
+    partials: int = 0  # partial images a streaming backend has sent so far
 
 
 class AttemptBoard:
@@ -58,6 +59,10 @@ class AttemptBoard:
             )
             row.task = f"{progress.task + 1}/{progress.tasks}"
             row.state = progress.state
+            if getattr(progress, "partial_image", None):
+                row.partials += 1
+            if row.partials and not progress.state.startswith("succ"):
+                row.state = f"{progress.state} ({row.partials} partial)"
             row.elapsed_s = progress.elapsed_s
             if progress.replayed:
                 row.reason = _REPLAYED

@@ -12,7 +12,18 @@ from typing import Any, NoReturn
 import click
 
 from .. import __version__
-from . import config_cmds, ledger_cmds, quote_cmds, run_cmds, serve_cmd
+from . import (
+    batch_cmd,
+    compare_cmd,
+    config_cmds,
+    db_cmd,
+    ledger_cmds,
+    mcp_cmd,
+    prices_refresh,
+    quote_cmds,
+    run_cmds,
+    serve_cmd,
+)
 from .reporting import CliFailure, ExitCode, emit_failure, json_wanted
 
 _VERBOSITY_KEY = "imagerouter.verbosity"
@@ -151,7 +162,8 @@ def _add_verbose(command: click.Command) -> None:
             _add_verbose(sub)
 
 
-for module in (quote_cmds, run_cmds, ledger_cmds, config_cmds, serve_cmd):
+for module in (quote_cmds, run_cmds, ledger_cmds, config_cmds, serve_cmd, prices_refresh,
+               compare_cmd, mcp_cmd, batch_cmd, db_cmd):
     for command in module.COMMANDS:
         _add_verbose(command)
         cli.add_command(command)

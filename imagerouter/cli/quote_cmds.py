@@ -125,12 +125,18 @@ def prices(config_path: Path | None, as_json: bool) -> None:
         amounts = usd_texts(Decimal(str(amount)) for _path, amount in rows)
         for (path, _amount), amount in zip(rows, amounts, strict=True):
             grid.add_row(
-                cell(path), amount, "your config" if path in table.overridden else "shipped"
+                cell(path), amount, _source(path, table)
             )
         console.print(grid)
         if table.notes:
             console.print(cell(table.notes), style="dim")
             console.print()
+
+
+def _source(path: str, table: Any) -> str:
+    if path in table.overridden:
+        return "your config"
+    return f"live {table.live_on[:10]}" if path in table.live else "shipped"
 
 
 @click.command()
@@ -192,4 +198,5 @@ def _base_emulator() -> Any:
     return Provider.emulator
 
 
-COMMANDS = [quote, prices, providers]
+# `prices` is registered as a group by prices_refresh.py (it adds `refresh` and `--drift`).
+COMMANDS = [quote, providers]

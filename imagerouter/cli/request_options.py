@@ -7,17 +7,26 @@ from typing import Any, TypeVar
 
 import click
 
-from ..geometry import RESOLUTIONS
-from ..request import BACKGROUNDS, MODELS, OUTPUT_FORMATS, QUALITIES
+from ..geometry import RESOLUTIONS, SIZE_POLICIES
+from ..request import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--model", type=click.Choice(MODELS), default=None, help="Default: gpt-image-2."),
+    click.option("--model", metavar="MODEL", default=None,
+                 help="A model family a provider declares. Default: gpt-image-2."),
     click.option("--quality", type=click.Choice(QUALITIES), default=None),
     click.option("--size", default=None, help="WxH (e.g. 1536x1024) or auto."),
     click.option("--aspect-ratio", "aspect_ratio", default=None, help="W:H (e.g. 16:9) or auto."),
     click.option("--resolution", type=click.Choice(RESOLUTIONS), default=None),
+    click.option(
+        "--size-policy",
+        "size_policy",
+        type=click.Choice(SIZE_POLICIES),
+        default=None,
+        help="What --size WxH promises: exact (the saved image is WxH; the default, "
+        "routing.size_policy), at_least, or nearest.",
+    ),
     click.option("-n", "n", type=int, default=None, help="Number of images (1-10)."),
     click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None),
     click.option("--background", type=click.Choice(BACKGROUNDS), default=None),
@@ -28,6 +37,9 @@ _OPTIONS: list[Callable[[Any], Any]] = [
         multiple=True,
         help="Only these providers (repeat the option for several).",
     ),
+    click.option("--moderation", type=click.Choice(("auto", "low")), default=None),
+    click.option("--input-fidelity", "input_fidelity", type=click.Choice(("high", "low")),
+                 default=None, help="Edits: how closely to keep the input image."),
     click.option("--max-cost", "max_cost_usd", default=None, help="Refuse above this USD total."),
 ]
 
@@ -36,6 +48,15 @@ def request_options(func: F) -> F:
     for option in reversed(_OPTIONS):
         func = option(func)
     return func
+
+
+def cache_option(func: F) -> F:
+    """`--no-cache`: never answer from the result cache (imagerouter/cache.py). Unset, the
+    config's `cache.enabled` decides; request_fields passes it on as `cache=False`."""
+    return click.option(
+        "--no-cache", "cache", flag_value=False, default=None,
+        help="Do not answer from the result cache (config cache.enabled).",
+    )(func)
 
 
 def request_fields(**kwargs: Any) -> dict[str, Any]:

@@ -25,12 +25,13 @@ from .common import (
 )
 from .live import AttemptBoard
 from .reporting import emit_failure, one_line
-from .request_options import check_providers, request_fields, request_options
+from .request_options import cache_option, check_providers, request_fields, request_options
 from .text import fit_last_column, usd_texts
 
 
 def _run_options(func: Any) -> Any:
     func = request_options(func)
+    func = cache_option(func)
     func = click.option(
         "-o", "--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path)
     )(func)
@@ -43,7 +44,7 @@ def _run_options(func: Any) -> Any:
     func = click.option(
         "--faults",
         multiple=True,
-        help="With --emulate: PROVIDER=SPEC fault injection, e.g. runapi=create:503@0.5.",
+        help="With --emulate: PROVIDER=SPEC fault injection, SPEC e.g. create:503@0.5.",
     )(func)
     func = config_option(func)
     func = json_option(func)
@@ -191,7 +192,7 @@ def _print_result(result: GenerationResult, emulate: bool) -> None:
     "--port", type=click.IntRange(0, 65535), default=0, help="First port (0: free ports)."
 )
 @click.option("--provider", "names", multiple=True, help="Only these providers.")
-@click.option("--faults", multiple=True, help="PROVIDER=SPEC, e.g. runflow=create:429@0.3.")
+@click.option("--faults", multiple=True, help="PROVIDER=SPEC, SPEC e.g. create:429@0.3.")
 @click.option("--latency", default="uniform:0.5,2", help="Job durations: 0.5, uniform:a,b ...")
 @click.option("--api-key", default="emulator-key", help="The key each emulator accepts.")
 @handle_errors

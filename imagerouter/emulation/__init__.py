@@ -1,11 +1,21 @@
 """Shared pieces of the provider emulators: faults, latency, placeholder images, jobs, serving.
 
-Each provider plugin ships a starlette emulator of its own HTTP API built from these parts, so
-both emulators inject faults, bill and serve files alike, and tests drive them the same way.
+Each provider plugin ships a starlette emulator of its own HTTP API on `EmulatorState` and
+`emulator_app` (base.py), adding only its routes and response shapes, so every emulator
+injects faults, authenticates, bills and serves files alike, and tests drive them the same way.
 """
 
 from __future__ import annotations
 
+from .base import (
+    EmulatorState,
+    answer_after_create,
+    answer_common_fault,
+    emulator_app,
+    fate_of,
+    route_table,
+    state_of,
+)
 from .counters import EmulatorCounters
 from .errors import EmulationSpecError
 from .faults import ENDPOINTS, FAULT_KINDS, STATUS_FAULTS, Fault, FaultPlan
@@ -28,13 +38,20 @@ __all__ = [
     "EmulatorCounters",
     "EmulatorOptions",
     "EmulatorServer",
+    "EmulatorState",
     "Fault",
     "FaultPlan",
     "JobBook",
     "JobFate",
     "JobState",
     "LatencyModel",
+    "answer_after_create",
+    "answer_common_fault",
     "drop_connection",
+    "emulator_app",
+    "fate_of",
     "normalize_format",
     "render_image",
+    "route_table",
+    "state_of",
 ]

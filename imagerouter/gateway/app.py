@@ -31,11 +31,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..budget import budget_scopes
 from ..errors import ImageRouterError
 from ..resume import sweep
 from . import routes
 from .access_log import AccessLog, redact_uvicorn_access_log
-from .auth import unauthorized
 from .bodies import is_json, read_body, unsupported_media_type
 from .callbacks import MAX_CALLBACK_BYTES, read_note, verify_signature
 from .errors import ApiError, api_error_from, error_response, not_found
@@ -69,13 +69,23 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The sweeper reconciles possibly-billed creates and collects uncollected jobs
         # (imagerouter/resume.py); it never touches the jobs this gateway is running.
-        sweeper = asyncio.create_task(sweep(lambda: gateway.router, first_delay=True))
+        sweeper = asyncio.create_task(
+            sweep(lambda: gateway.router, first_delay=True, lease=gateway.sweep_lease)
+        )
+        # Callback nudges from other replicas (shared.url on Redis; service.py).
+        nudges = None if gateway.nudges is None else asyncio.create_task(gateway.nudges.run())
         try:
             yield
         finally:
+            if nudges is not None:
+                nudges.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await nudges
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if gateway.sweep_lease is not None:
+                gateway.sweep_lease.release()  # the next replica need not wait for it to lapse
         await gateway.aclose()
 
     settings = gateway.settings
@@ -126,9 +136,9 @@ def _endpoint(handler: Handler, name: str, *, auth: bool) -> Handler:
         share = gateway.inflight.share()
         request.state.body_share = share
         try:
-            if auth and not gateway.auth.allows(request.headers.get("authorization")):
-                raise unauthorized()
-            response = await handler(request)
+            # 401 / per-key 429; jobs started inside reserve under the key's budget scope.
+            with budget_scopes(*(gateway.admit(request, name) if auth else ())):
+                response = await handler(request)
         except ApiError as exc:
             response = error_response(exc)
         except ImageRouterError as exc:
@@ -199,11 +209,12 @@ async def _callback(request: Request) -> Response:
         raise unsupported_media_type("application/json")
     body = await read_body(request, MAX_CALLBACK_BYTES, routes.body_share(request))
     try:
-        verify_signature(provider, body, request.headers, gateway.settings)
+        verify_signature(gateway.router.catalog.entries[provider].provider, body,
+                         request.headers, gateway.settings)
     except ApiError:
         gateway.metrics.callback(provider, "rejected")
         raise
-    note = read_note(provider, body)
+    note = read_note(gateway.router.catalog.entries[provider].provider, body)
     if not gateway.replays.first_time(note.key):
         gateway.metrics.callback(provider, "duplicate")
         return JSONResponse({"received": True, "duplicate": True, "nudged": False})
@@ -211,6 +222,8 @@ async def _callback(request: Request) -> Response:
     # (another process, or one already finished) is acknowledged and left to
     # `imagerouter resume`, which would otherwise race the jobs still running here.
     nudged = gateway.router.nudge(provider, note.task_id)
+    if not nudged and gateway.nudges is not None:  # maybe another replica polls that task
+        nudged = await gateway.nudges.publish(provider, note.task_id) > 1
     gateway.metrics.callback(provider, "nudged" if nudged else "not_polling")
     log.info("callback %s task=%s status=%s nudged=%s", provider, note.task_id, note.status,
              nudged)

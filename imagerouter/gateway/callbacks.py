@@ -4,28 +4,30 @@ A callback never marks a job done. It says "task X changed"; the gateway then wa
 loop of the job that owns task X (`Router.nudge`), which does its usual authenticated GET and
 trusts only that. So a forged or replayed callback can at worst cause one early poll.
 
-- Runflow signs callbacks when a secret is registered: `Runflow-Signature` is the lowercase
-  hex HMAC-SHA256 of the raw body. With `gateway.runflow_callback_secret` set, a missing or
-  wrong signature is a 401.
-- RunAPI's signature scheme is not documented. With `gateway.runapi_callback_secret` set,
-  the gateway accepts a hex HMAC-SHA256 of the raw body (optionally prefixed `sha256=`) in
-  any of `X-RunAPI-Signature`, `RunAPI-Signature`, `X-Signature`, `X-Webhook-Signature`; if
-  real deliveries fail that check, leave the secret unset (callbacks are hints anyway).
+- Signatures: with `gateway.callback_secrets.<provider>` set (or the older spelling
+  `gateway.<provider>_callback_secret`), the provider's `verify_callback` must accept the raw
+  body and headers, else the callback is a 401. The default scheme is a hex HMAC-SHA256 of
+  the raw body in one of the provider's `callback_signature_headers`; each plugin documents
+  its own.
+- The task id is the one the provider's `callback_task_id` reads from the body.
 - Replays: the same provider, task id and status seen before is answered 200 and ignored.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ..config import GatewaySettings
+from ..provider_kit.signatures import sign, signature_matches
 from .errors import ApiError, bad_request
+
+if TYPE_CHECKING:
+    from ..config import GatewaySettings
+    from ..provider import Provider
 
 __all__ = [
     "MAX_CALLBACK_BYTES",
@@ -38,11 +40,7 @@ __all__ = [
 ]
 
 MAX_CALLBACK_BYTES = 1024 * 1024
-RUNAPI_SIGNATURE_HEADERS = (
-    "x-runapi-signature", "runapi-signature", "x-signature", "x-webhook-signature"
-)
-# Where each provider puts the task id (Runflow: `run_id`; RunAPI: the task JSON's `id`).
-_TASK_ID_FIELDS = {"runflow": ("run_id", "id"), "runapi": ("id", "task_id")}
+# Used when the callback's provider object is not at hand (a bare name).
 _GENERIC_TASK_ID_FIELDS = ("run_id", "task_id", "id")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 
@@ -58,37 +56,16 @@ class CallbackNote:
         return (self.provider, self.task_id, self.status)
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The lowercase hex HMAC-SHA256 of `body` (Runflow's scheme)."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
-    """Constant-time check of a signature header; several comma-separated signatures (key
-    rotation) are accepted if any matches."""
-    if not header:
-        return False
-    expected = sign(secret, body).encode()
-    matched = False
-    for candidate in re.split(r"[,\s]+", header.strip()):
-        value = candidate.strip().lower().removeprefix("sha256=")
-        matched |= hmac.compare_digest(value.encode(), expected)
-    return matched
-
-
 def verify_signature(
-    provider: str, body: bytes, headers: Mapping[str, str], settings: GatewaySettings
+    provider: Provider, body: bytes, headers: Mapping[str, str], settings: GatewaySettings
 ) -> None:
-    """Raise a 401 ApiError when a secret is configured and no signature matches it."""
-    if provider == "runflow" and settings.runflow_callback_secret is not None:
-        secret = settings.runflow_callback_secret.get_secret_value()
-        if not signature_matches(secret, body, headers.get("runflow-signature")):
-            raise _bad_signature(provider)
-    elif provider == "runapi" and settings.runapi_callback_secret is not None:
-        secret = settings.runapi_callback_secret.get_secret_value()
-        given = [headers.get(name) for name in RUNAPI_SIGNATURE_HEADERS]
-        if not any(signature_matches(secret, body, value) for value in given):
-            raise _bad_signature(provider)
+    """Raise a 401 ApiError when a secret is configured and the provider rejects the
+    signature (or there is none)."""
+    secret = settings.callback_secrets.get(provider.name)
+    if secret is None:
+        return
+    if not provider.verify_callback(body, headers, secret.get_secret_value()):
+        raise _bad_signature(provider.name)
 
 
 def _bad_signature(provider: str) -> ApiError:
@@ -96,7 +73,7 @@ def _bad_signature(provider: str) -> ApiError:
                     code="invalid_signature")
 
 
-def read_note(provider: str, body: bytes) -> CallbackNote:
+def read_note(provider: Provider | str, body: bytes) -> CallbackNote:
     """The task id and status a callback names (400 when it names none)."""
     try:
         data = json.loads(body)
@@ -104,16 +81,22 @@ def read_note(provider: str, body: bytes) -> CallbackNote:
         raise bad_request("the callback body is not JSON", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("the callback body must be a JSON object", code="invalid_json")
-    task_id: str | None = None
-    for name in _TASK_ID_FIELDS.get(provider, _GENERIC_TASK_ID_FIELDS):
-        value = data.get(name)
-        if isinstance(value, str | int) and not isinstance(value, bool):
-            task_id = str(value)
-            break
+    if isinstance(provider, str):
+        name, task_id = provider, _first_id(data, _GENERIC_TASK_ID_FIELDS)
+    else:
+        name, task_id = provider.name, provider.callback_task_id(data)
     if task_id is None or not _SAFE_ID.fullmatch(task_id):
         raise bad_request("the callback names no usable task id", param="id")
     status = data.get("status") or data.get("event") or ""
-    return CallbackNote(provider, task_id, str(status)[:64])
+    return CallbackNote(name, task_id, str(status)[:64])
+
+
+def _first_id(data: Mapping[str, Any], fields: tuple[str, ...]) -> str | None:
+    for field in fields:
+        value = data.get(field)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    return None
 
 
 class ReplayGuard:

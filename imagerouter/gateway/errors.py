@@ -128,7 +128,9 @@ def api_error_from(exc: BaseException, *, request_id: str | None = None) -> ApiE
                         code="idempotent_request_failed")
     if isinstance(exc, BudgetExceededError):
         # OpenAI answers an exhausted quota with 429 insufficient_quota; clients handle that.
-        return ApiError(429, str(exc), type="insufficient_quota", code="budget_exceeded")
+        # A gateway key's own budget (key_limits.py) gets OpenAI's exact code too.
+        code = "insufficient_quota" if exc.scope else "budget_exceeded"
+        return ApiError(429, str(exc), type="insufficient_quota", code=code)
     if isinstance(exc, InvalidRequestError):
         refused = openai_param(next(iter(exc.fields))) if exc.fields else None
         return bad_request(str(exc), param=refused, code="provider_rejected")

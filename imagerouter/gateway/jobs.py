@@ -4,7 +4,9 @@ A job is an asyncio task the HTTP request merely waits for, so a client that dis
 does not cancel the paid work: the job finishes, its images reach disk and the ledger, and
 `GET /v1/images/jobs/{id}` shows it. Jobs live in memory (bounded; the oldest finished ones
 are forgotten first); the ledger is the durable record, and each job carries the ledger's
-request id as soon as the router reports it.
+request id as soon as the router reports it. With a ledger, `JobRecords` also writes each
+job's summary and file ids to it (tables `gateway_jobs`, `gateway_files`, migration m009)
+when it starts and when it ends, so another replica answers `GET /v1/images/jobs/{id}`.
 
 The router reports through its `on_attempt` / `on_result` hooks, which run inside the job's
 task; a context variable tells the hook which job the event belongs to.
@@ -13,7 +15,9 @@ task; a context variable tells the hook which job the event belongs to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import json
 import logging
 import secrets
 import time
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..hookspecs import hookimpl
 from ..pricing import quantize
 from .errors import ApiError, api_error_from
+from .files import FileStore, LedgerOf
 
 if TYPE_CHECKING:
     from ..events import AttemptEvent, ResultEvent
@@ -33,7 +38,15 @@ if TYPE_CHECKING:
     from ..result import GenerationResult
     from .openai_shapes import AnswerShape, ImageCall, ResponseFormat
 
-__all__ = ["CURRENT_JOB", "Job", "JobStatus", "JobStore", "install_event_relay"]
+__all__ = [
+    "CURRENT_JOB",
+    "Job",
+    "JobRecords",
+    "JobStatus",
+    "JobStore",
+    "StoredJob",
+    "install_event_relay",
+]
 
 log = logging.getLogger("imagerouter.gateway")
 
@@ -72,6 +85,9 @@ class Job:
     # The images served (a local re-encode for output_compression, else the saved ones).
     served_paths: list[Path] = field(default_factory=list, repr=False)
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # Set once the job's first row is written (or there is nowhere to write it): a 202 goes
+    # out only after, so any replica that shares the ledger finds the job it names.
+    recorded: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def done(self) -> bool:
@@ -127,14 +143,83 @@ Runner = Callable[[Job], Awaitable["GenerationResult"]]
 Finisher = Callable[[Job], None]
 
 
+@dataclass(frozen=True)
+class StoredJob:
+    """A job as the ledger has it (possibly another replica's)."""
+
+    id: str
+    status: str
+    response_format: str
+    summary: dict[str, Any]
+
+
+class JobRecords:
+    """Jobs and their file ids in the ledger, for every replica that shares it."""
+
+    def __init__(self, ledger_of: LedgerOf, files: FileStore) -> None:
+        self._ledger_of = ledger_of
+        self._files = files
+
+    async def save(self, job: Job) -> None:
+        """Write the job's summary (and, once done, its file ids). Never fails the job: a
+        ledger outage only means other replicas cannot see it."""
+        ledger = self._ledger_of()
+        if ledger is None:
+            return
+        row = (job.id, job.status, job.response_format, json.dumps(job.summary()), time.time())
+        files = [self._files.get(file_id) for file_id in job.file_ids] if job.done else []
+
+        def write() -> None:
+            with ledger.transaction() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO gateway_jobs (id, status, response_format,"
+                    " summary_json, updated_at) VALUES (?, ?, ?, ?, ?)", row
+                )
+                for position, stored in enumerate(files):
+                    if stored is not None:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO gateway_files (id, job_id, path, format,"
+                            " position) VALUES (?, ?, ?, ?, ?)",
+                            (stored.id, job.id, str(stored.path), stored.format, position),
+                        )
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception as exc:
+            log.warning("job %s: not recorded for other replicas (%s)", job.id,
+                        type(exc).__name__)
+
+    def load(self, job_id: str) -> StoredJob | None:
+        ledger = self._ledger_of()
+        if ledger is None or not job_id.startswith("imgjob_"):
+            return None
+        try:
+            with ledger.reading() as conn:
+                row = conn.execute(
+                    "SELECT status, response_format, summary_json FROM gateway_jobs"
+                    " WHERE id = ?", (job_id,)
+                ).fetchone()
+        except Exception as exc:
+            log.warning("gateway jobs: the ledger is unreadable (%s)", type(exc).__name__)
+            return None
+        if row is None:
+            return None
+        return StoredJob(job_id, str(row[0]), str(row[1]), json.loads(row[2]))
+
+
 class JobStore:
     """Jobs by id, each running in its own task until it ends."""
 
     def __init__(
-        self, *, max_jobs: int = 10_000, clock: Callable[[], float] = time.time
+        self,
+        *,
+        max_jobs: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        records: JobRecords | None = None,
     ) -> None:
         self.max_jobs = max_jobs
         self.clock = clock
+        self.records = records
         self._jobs: dict[str, Job] = {}
 
     def start(
@@ -168,6 +253,11 @@ class JobStore:
         token = CURRENT_JOB.set(job)
         job.status = "running"
         try:
+            if self.records is not None:
+                await self.records.save(job)
+        finally:
+            job.recorded.set()
+        try:
             job.result = await runner(job)
             job.status = "succeeded"
         except asyncio.CancelledError:
@@ -194,6 +284,10 @@ class JobStore:
                     on_done(job)
                 except Exception:
                     log.exception("finishing job %s failed", job.id)
+            if self.records is not None:
+                # Shielded: a cancelled job (shutdown) is still recorded as ended.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self.records.save(job))
             job.changed.set()
 
     def get(self, job_id: str) -> Job | None:

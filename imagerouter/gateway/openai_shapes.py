@@ -10,11 +10,14 @@ naming the parameter, as OpenAI does. The rules (docs/gateway.md):
   mean `medium`/`high`.
 - validated as OpenAI does and kept on the call: `output_compression` (0-100),
   `moderation` (`low|auto`), `input_fidelity` (`low|high`), `stream`, `partial_images` (0-3);
+  `moderation` and `input_fidelity` also go to the router, for the backends that take them;
+- `size`: `auto` or a WxH that passes OpenAI's gpt-image rule (both sides divisible by 16,
+  long:short at most 3:1, at most 3840 on the long edge, 655,360 to 8,294,400 pixels);
   `style` is accepted and ignored; parameters that ask for output we cannot give (`svg`, ...)
   are a 400; anything else is a 400 `unknown_parameter`, as OpenAI's own server does.
 - JSON numbers must be numbers (`n: "2"` is a 400, as at OpenAI); form fields are text.
 - an edit's mask must be a PNG of the first image's size.
-- imagerouter extensions: `tier`, `providers`, `max_cost_usd`.
+- imagerouter extensions: `tier`, `providers`, `max_cost_usd`, `size_policy`.
 - every text value is capped (`prompt` at OpenAI's 32,000 characters, every other field at
   `MAX_FIELD_CHARS`) and must be valid Unicode (a lone surrogate from a `\\ud800` JSON escape
   is refused): a 400 naming the field, before anything is held or sent.
@@ -32,6 +35,7 @@ from typing import Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 from ..config import Config
+from ..geometry import SIZE_POLICIES, openai_size_problem, parse_size
 from ..request import MODELS, ImageInput, ImageRequest
 from .errors import bad_request
 
@@ -60,7 +64,8 @@ _SHOWN_CHARS = 64  # how much of a client's value an error message or log line r
 
 _COMMON = frozenset(
     {"prompt", "model", "n", "size", "quality", "output_format", "background",
-     "response_format", "user", "safety_identifier", "tier", "providers", "max_cost_usd"}
+     "response_format", "user", "safety_identifier", "tier", "providers", "max_cost_usd",
+     "size_policy"}
 )
 _EDIT_ONLY = frozenset({"image", "image[]", "mask"})
 # Defined by OpenAI, validated and kept on the call (not router fields).
@@ -183,7 +188,12 @@ def parse_image_call(
     if (n := get("n")) is not None:
         fields["n"] = _whole(n, "n", 1, 10, form=form)
     if (size := _text(get("size"), "size")) is not None:
+        _check_size(size, fields.get("model"))
         fields["size"] = size
+    if (policy := _text(get("size_policy"), "size_policy")) is not None:
+        if policy not in SIZE_POLICIES:
+            raise _not_one_of("size_policy", policy, SIZE_POLICIES)
+        fields["size_policy"] = policy
     quality = _choice(get("quality"), "quality", _QUALITY)
     if quality is not None:
         fields["quality"] = quality
@@ -211,6 +221,14 @@ def parse_image_call(
         raise _not_one_of("input_fidelity", fidelity, _FIDELITY)
     if mask is not None and images:
         _check_mask(mask, images[0])
+    # Router fields too: forwarded by the backends that take them (docs/gateway.md).
+    if moderation is not None:
+        fields["moderation"] = moderation
+    if fidelity is not None:
+        fields["input_fidelity"] = fidelity
+    if partials is not None and _flag(get("stream"), "stream", form=form):
+        # A backend that streams (openai) sends these on as progress, then as SSE events.
+        fields["partial_images"] = _whole(partials, "partial_images", 0, 3, form=form)
     return ImageCall(
         operation=operation,
         prompt=prompt,
@@ -274,6 +292,30 @@ def _flag(value: Any, name: str, *, form: bool) -> bool:
         raise bad_request(f"Invalid type for '{name}': expected a boolean.", param=name,
                           code="invalid_type")
     return value
+
+
+_FIXED_SIZES_15 = ("1024x1024", "1536x1024", "1024x1536")
+
+
+def _check_size(size: str, model: str | None) -> None:
+    """OpenAI's rule for a gpt-image WxH (divisible by 16, within 3:1, the pixel limits; the
+    three classic sizes only for gpt-image-1.5), as its 400. Text that is no WxH at all is left
+    to the router, whose message names the form. A tier's sizes are the tier's business."""
+    if size.strip().lower() == "auto":
+        return
+    if model == "gpt-image-1.5" and size.strip().lower() not in _FIXED_SIZES_15:
+        raise bad_request(
+            f"Invalid size '{shown(size)}'. Supported sizes for gpt-image-1.5 are "
+            f"{', '.join(_FIXED_SIZES_15)}, and auto.",
+            param="size", code="invalid_value",
+        )
+    try:
+        width, height = parse_size(size)
+    except ValueError:
+        return
+    problem = openai_size_problem(width, height)
+    if problem is not None:
+        raise bad_request(problem, param="size", code="invalid_value")
 
 
 def _check_mask(mask: ImageInput, image: ImageInput) -> None:

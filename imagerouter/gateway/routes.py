@@ -128,6 +128,7 @@ async def create_job(request: Request) -> Response:
     else:
         raise unsupported_media_type("application/json (a generation) or multipart/form-data "
                                      "(an edit)")
+    await job.recorded.wait()  # readable from every replica before the client hears of it
     return JSONResponse(
         job.summary(),
         status_code=202,
@@ -139,7 +140,10 @@ async def get_job(request: Request) -> Response:
     """GET /v1/images/jobs/{id}: status, and the images once it succeeded."""
     gateway = gateway_of(request)
     job = gateway.jobs.get(request.path_params["job_id"])
-    if job is None:
+    if job is None:  # maybe another replica's: the ledger has every job (jobs.py)
+        stored = await gateway.stored_job(request.path_params["job_id"], str(request.base_url))
+        if stored is not None:
+            return JSONResponse(stored, headers={"x-imagerouter-job-id": stored["id"]})
         raise not_found("No such job (jobs are kept in memory while the gateway runs; the "
                         "ledger has every request).")
     body = job.summary()

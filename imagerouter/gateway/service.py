@@ -8,6 +8,7 @@ works the same whether first used by a request or by `serve` checking the config
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from pathlib import Path
@@ -18,19 +19,25 @@ from ..pricing import quantize
 from ..redact import default_redactor
 from ..router import Router
 from . import answers
-from .auth import KeyCheck
+from .auth import KeyCheck, unauthorized
 from .callbacks import ReplayGuard
 from .files import FileStore
 from .inflight import BodyShare, InflightBytes
-from .jobs import Job, JobStore, install_event_relay
+from .jobs import Job, JobRecords, JobStore, install_event_relay
+from .key_limits import PAID_ROUTES, KeyLimits, precheck_stream
 from .metrics import Metrics
 from .openai_shapes import shown
 from .signed_urls import UrlSigner, load_url_secret
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from ..budget import BudgetScope
     from ..config import Config, GatewaySettings
+    from ..ledger import Ledger
     from ..plugins import Plugins
     from ..result import GenerationResult
+    from ..stores.shared_redis import RedisNudges
     from .openai_shapes import ImageCall, ResponseFormat
 
 __all__ = ["DRAIN_SECONDS", "Gateway"]
@@ -56,8 +63,25 @@ class Gateway:
         self._router = router
         self._owns_router = router is None
         self.auth = KeyCheck(self.settings.api_keys)
-        self.jobs = JobStore()
-        self.files = FileStore()
+        # Per-key rpm windows and budget scopes (key_limits.py); a test may swap the clock.
+        self.key_limits = KeyLimits(self.settings.api_keys, shared=config.shared)
+        self.key_limits.check(config)
+        # shared.url on Redis: callback nudges reach the replica polling the task.
+        self.nudges: RedisNudges | None = None
+        if config.shared.url.startswith(("redis://", "rediss://")):
+            from ..stores.shared_redis import RedisNudges
+
+            self.nudges = RedisNudges(
+                config.shared.url, lambda p, t: self.router.nudge(p, t),
+                prefix=config.shared.prefix,
+            )
+        # One sweeper per fleet (stores/shared_lease.py); None with shared.url: memory.
+        from ..stores.shared_lease import lease_for
+
+        self.sweep_lease = lease_for(config.shared.url, prefix=config.shared.prefix)
+        # Jobs and file ids also go to the ledger (jobs.py JobRecords), for other replicas.
+        self.files = FileStore(ledger_of=self._ledger)
+        self.jobs = JobStore(records=JobRecords(self._ledger, self.files))
         self.metrics = Metrics()
         self.replays = ReplayGuard()
         self.inflight = InflightBytes(self.settings.max_inflight_bytes)
@@ -69,8 +93,9 @@ class Gateway:
         )
         # Gateway keys and callback secrets join the provider keys in the log redactor.
         redactor = default_redactor()
-        for secret in (*self.settings.api_keys, self.settings.runflow_callback_secret,
-                       self.settings.runapi_callback_secret, self.settings.url_secret):
+        for secret in (*(k.key for k in self.settings.api_keys),
+                       *self.settings.callback_secrets.values(),
+                       self.settings.url_secret):
             redactor.add(secret)
         if router is not None:
             install_event_relay(router.plugins)
@@ -87,6 +112,38 @@ class Gateway:
             self._router = router
         return self._router
 
+    def _ledger(self) -> Ledger | None:
+        return self.router.ledger
+
+    async def stored_job(self, job_id: str, base_url: str) -> dict[str, Any] | None:
+        """A job another replica ran (or this one forgot), as the ledger has it: its summary
+        and, once it succeeded, its images by file id (url) or inline (b64_json)."""
+        stored = self.jobs.records.load(job_id) if self.jobs.records is not None else None
+        if stored is None:
+            return None
+        body = dict(stored.summary)
+        if stored.status == "succeeded":
+            files = self.files.for_job(job_id)
+            base = self.public_base(base_url)
+            if stored.response_format == "b64_json":
+                data = [{"b64_json": base64.b64encode(await asyncio.to_thread(f.path.read_bytes))
+                         .decode("ascii")} for f in files]
+            else:
+                data = [{"url": f"{base}/v1/files/{f.id}"} for f in files]
+            body["result"] = {"created": body.get("created"), "data": data}
+        return body
+
+    def admit(self, request: Request, route: str) -> tuple[BudgetScope, ...]:
+        """Authenticate (401), count a paid call against its key's rpm (429), and return the
+        budget scopes the request's reservations must also fit (its key's, key_limits.py)."""
+        key = self.auth.identify(request.headers.get("authorization"))
+        if self.auth.enabled and key is None:
+            raise unauthorized()
+        if request.method == "POST" and route in PAID_ROUTES:
+            self.key_limits.admit(key)
+        scope = self.key_limits.scope(key)
+        return () if scope is None else (scope,)
+
     # -- jobs -----------------------------------------------------------------------------
 
     def submit(self, call: ImageCall, *, hold: BodyShare | None = None) -> Job:
@@ -97,6 +154,7 @@ class Gateway:
             offers = self.router.quote_request(request)
             if not any(offer.eligible for offer in offers):
                 raise NoEligibleOfferError("no backend can serve this request:", offers)
+            precheck_stream(self.router, call, offers)  # a key over budget: 429 before the 200
         except BaseException:
             if hold is not None:
                 hold.release()
@@ -173,6 +231,8 @@ class Gateway:
             headers["x-imagerouter-cost-usd"] = str(quantize(result.cost_usd))
             if result.billed_usd is not None:
                 headers["x-imagerouter-billed-usd"] = str(quantize(result.billed_usd))
+            if result.cached:  # answered from the result cache (imagerouter/cache.py)
+                headers["x-imagerouter-cache"] = "hit"
         return headers
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -180,6 +240,8 @@ class Gateway:
     async def aclose(self, *, drain_seconds: float = DRAIN_SECONDS) -> None:
         """At shutdown, on the serving loop: let running jobs finish, then close."""
         await self.jobs.drain(drain_seconds)
+        if self.nudges is not None:
+            await self.nudges.aclose()
         if self._router is not None and self._owns_router:
             await self._router.aclose()
 

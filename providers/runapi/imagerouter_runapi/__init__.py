@@ -6,17 +6,11 @@ same way any third-party provider plugin would.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from imagerouter.hookspecs import hookimpl
-from imagerouter.provider import Provider
+from imagerouter.provider_kit import RegisterHook, provider_hook
 
 from .client import RunAPIClient
 from .provider import RunAPIProvider
 
 __all__ = ["RunAPIClient", "RunAPIProvider", "register_providers"]
 
-
-@hookimpl
-def register_providers(register: Callable[[Provider], None]) -> None:
-    register(RunAPIProvider())
+register_providers: RegisterHook = provider_hook(RunAPIProvider)

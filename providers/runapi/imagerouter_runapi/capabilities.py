@@ -11,10 +11,9 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
-import yaml
+from imagerouter.provider_kit import deep_merge, load_yaml
 
 __all__ = [
     "ForbiddenCombo",
@@ -107,8 +106,7 @@ class RunAPICapabilities:
 
 @cache
 def _shipped() -> dict[str, Any]:
-    text = resources.files(PACKAGE).joinpath("capabilities.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = load_yaml(PACKAGE, "capabilities.yaml")
     if not isinstance(data, dict):
         raise ValueError("capabilities.yaml must hold a mapping")
     return data
@@ -117,20 +115,6 @@ def _shipped() -> dict[str, Any]:
 def shipped_capabilities() -> dict[str, Any]:
     """The shipped capabilities.yaml as a fresh dict (callers may change it)."""
     return copy.deepcopy(_shipped())
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` laid over `base`, mapping by mapping; lists and scalars are replaced."""
-    merged: dict[str, Any] = {}
-    for key, value in base.items():
-        merged[key] = deep_merge(value, {}) if isinstance(value, Mapping) else value
-    for key, value in override.items():
-        current = merged.get(key)
-        if isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = deep_merge(current, value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _strings(value: Any) -> tuple[str, ...]:

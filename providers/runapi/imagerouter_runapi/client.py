@@ -3,8 +3,8 @@
 Creates are `POST /api/v1/{service}/{action}` with an `Idempotency-Key`, so the router may
 retry an unknown create without making a second paid task; polls are
 `GET /api/v1/{service}/{action}/{id}`. Every failure is raised as an `imagerouter.errors`
-class (see failures.py); the API key lives in a SecretStr until the header is built and is
-scrubbed from anything an error carries.
+class by the provider kit's `HttpClient`, which also keeps the API key in a SecretStr until
+the header is built and redacts it from anything an error carries.
 """
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ import httpx
 from pydantic import SecretStr
 
 from imagerouter.errors import ProviderError
-from imagerouter.provider import (
-    FreeCheck,
-    LoadedImage,
-    ProviderClient,
-    Submission,
-    TaskSpec,
-    TaskState,
-    TaskStatus,
-)
+from imagerouter.provider import FreeCheck, LoadedImage, Submission, TaskSpec, TaskState, TaskStatus
+from imagerouter.provider_kit import Call, ErrorBody, HttpClient, error_from_status
 
-from .failures import Call, error_from_response, error_from_transport, malformed
-from .wire import ACTIONS, SERVICES, normalize_status, parse_reported_cost
+from .wire import (
+    ACTIONS,
+    NO_CHANNEL,
+    SERVICES,
+    normalize_status,
+    parse_error_body,
+    parse_reported_cost,
+)
 
 if TYPE_CHECKING:
     from imagerouter.offers import Offer
@@ -38,10 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RunAPIClient"]
 
-_REDACTED = "[redacted]"
+# The task id RunAPI puts on answers about one task, when the body does not say.
+_TASK_HEADER = "x-runapi-task-id"
 
 
-class RunAPIClient(ProviderClient):
+class RunAPIClient(HttpClient):
     """Talks to one RunAPI base URL with one key. The router owns `http` (never closed here)."""
 
     def __init__(
@@ -53,15 +53,7 @@ class RunAPIClient(ProviderClient):
         http: httpx.AsyncClient,
         timeout: float = 60.0,
     ) -> None:
-        self.provider = provider
-        self._api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self._http = http
-        self._timeout = httpx.Timeout(timeout)
-        self._user_agent = f"imagerouter-runapi/{provider.version}"
-
-    def __repr__(self) -> str:
-        return f"<RunAPIClient {self.base_url}>"
+        super().__init__(provider, http=http, api_key=api_key, base_url=base_url, timeout=timeout)
 
     # -- ProviderClient ---------------------------------------------------------------------
 
@@ -86,7 +78,7 @@ class RunAPIClient(ProviderClient):
             "Idempotency-Key": task.idempotency_key,
             "X-Client-Request-Id": task.task_id,
         }
-        response = await self._send(
+        response = await self.send(
             "POST",
             f"/api/v1/{service}/{action}",
             call="create",
@@ -94,12 +86,12 @@ class RunAPIClient(ProviderClient):
             headers=headers,
             client_ref=task.task_id,
         )
-        data = self._json_object(response, call="create", client_ref=task.task_id)
+        data = self.json_object(response, call="create", client_ref=task.task_id)
         task_id = _text(data.get("id")) or _text(response.headers.get("x-runapi-task-id"))
         if task_id is None:
-            raise malformed(
+            raise self.malformed(
                 response, "the create answer has no task id", call="create",
-                redact=self._redact, client_ref=task.task_id,
+                client_ref=task.task_id,
             )
         status = data.get("status")
         return Submission(
@@ -115,17 +107,16 @@ class RunAPIClient(ProviderClient):
 
     async def get(self, poll_ref: str) -> TaskStatus:
         task_id = poll_ref.rsplit("/", 1)[-1]
-        response = await self._send(
+        response = await self.send(
             "GET", f"/api/v1/{poll_ref.strip('/')}", call="get", task_id=task_id
         )
-        data = self._json_object(response, call="get", task_id=task_id)
+        data = self.json_object(response, call="get", task_id=task_id)
         state = normalize_status(data.get("status"))
         urls = _image_urls(data.get("images"))
         error, error_code = _error_of(data.get("error"))
         if state is TaskState.SUCCEEDED and not urls:
-            raise malformed(
-                response, "the task completed without images", call="get",
-                redact=self._redact, task_id=task_id,
+            raise self.malformed(
+                response, "the task completed without images", call="get", task_id=task_id
             )
         if state is TaskState.FAILED and error is None:
             error = "RunAPI reported the task failed without saying why"
@@ -133,7 +124,7 @@ class RunAPIClient(ProviderClient):
             state=state,
             image_urls=urls,
             billed_usd=parse_reported_cost(data),
-            error=self._redact(error) if error else None,
+            error=self.redact(error) if error else None,
             error_code=error_code,
             raw=data,
         )
@@ -143,19 +134,18 @@ class RunAPIClient(ProviderClient):
             "source": {"type": "base64", "data": base64.b64encode(image.data).decode("ascii")},
             "file_name": image.filename,
         }
-        response = await self._send("POST", "/api/v1/files", call="upload", json=body)
-        data = self._json_object(response, call="upload")
+        response = await self.send("POST", "/api/v1/files", call="upload", json=body)
+        data = self.json_object(response, call="upload")
         url = _text(data.get("url"))
         if url is None:
-            raise malformed(response, "the upload answer has no url", call="upload",
-                            redact=self._redact)
+            raise self.malformed(response, "the upload answer has no url", call="upload")
         return url
 
     async def free_check(self) -> FreeCheck:
         """`GET /api/v1/me/balance`: free, and proves the key works."""
         try:
-            response = await self._send("GET", "/api/v1/me/balance", call="check")
-            data = self._json_object(response, call="check")
+            response = await self.send("GET", "/api/v1/me/balance", call="check")
+            data = self.json_object(response, call="check")
         except ProviderError as exc:
             return FreeCheck(ok=False, detail=exc.message)
         cents = data.get("balance_cents")
@@ -164,69 +154,54 @@ class RunAPIClient(ProviderClient):
         balance = Decimal(str(cents)) / 100
         return FreeCheck(ok=True, detail=f"balance ${balance:.2f}", balance_usd=balance)
 
-    # -- plumbing ---------------------------------------------------------------------------
+    # -- the kit's hooks ---------------------------------------------------------------------
 
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
-            "Accept": "application/json",
-            "User-Agent": self._user_agent,
-        }
-        headers.update(extra or {})
-        return headers
+    def parse_error(self, response: httpx.Response) -> ErrorBody:
+        return parse_error_body(response.text)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        call: Call,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        task_id: str | None = None,
-        client_ref: str | None = None,
-    ) -> httpx.Response:
-        try:
-            response = await self._http.request(
-                method,
-                self.base_url + path,
-                json=json,
-                headers=self._headers(headers),
-                timeout=self._timeout,
-            )
-        except httpx.TransportError as exc:
-            # `from None`: the httpx exception holds the request (and so the key header).
-            raise error_from_transport(
-                exc, call=call, redact=self._redact, task_id=task_id, client_ref=client_ref
-            ) from None
-        if not response.is_success:
-            raise error_from_response(
-                response, call=call, redact=self._redact, task_id=task_id, client_ref=client_ref
-            )
-        return response
+    def nothing_created(self, response: httpx.Response, body: ErrorBody) -> bool:
+        # RunAPI's 503 "no channel" says no upstream took the job: nothing was created.
+        return response.status_code == 503 and (body.message or "").strip() == NO_CHANNEL
 
-    def _json_object(
+    def error_for(
         self,
         response: httpx.Response,
         *,
         call: Call,
         task_id: str | None = None,
         client_ref: str | None = None,
-    ) -> dict[str, Any]:
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise malformed(
-                response, "the body is not a JSON object", call=call, redact=self._redact,
-                task_id=task_id, client_ref=client_ref,
-            )
-        return data
+    ) -> ProviderError:
+        body = self.parse_error(response)
+        if response.status_code == 409 and not body.code:
+            body = ErrorBody(body.message, "idempotency_conflict", body.fields)
+        return error_from_status(
+            response,
+            provider=self.provider.name,
+            title=self.provider.title,
+            call=call,
+            body=body,
+            redact=self.redact,
+            request_id=self.request_id_of(response),
+            task_id=task_id or response.headers.get(_TASK_HEADER),
+            client_ref=client_ref,
+            nothing_created=self.nothing_created(response, body),
+            hints={409: "refused a reused Idempotency-Key with different input"},
+        )
 
-    def _redact(self, text: str) -> str:
-        secret = self._api_key.get_secret_value()
-        return text.replace(secret, _REDACTED) if secret else text
+    def malformed(
+        self,
+        response: httpx.Response,
+        why: str,
+        *,
+        call: Call,
+        task_id: str | None = None,
+        client_ref: str | None = None,
+    ) -> ProviderError:
+        return super().malformed(
+            response, why, call=call, task_id=task_id or response.headers.get(_TASK_HEADER),
+            client_ref=client_ref,
+        )
+
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
     """Drop None, blank strings and empty lists, as RunAPI's own SDKs do."""

@@ -11,7 +11,6 @@ finished tasks, uploads (emulator_files.py) and the balance endpoint. Faults com
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -19,7 +18,6 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,12 +28,14 @@ from imagerouter.emulation import (
     EmulatorApp,
     EmulatorOptions,
     Fault,
-    JobFate,
-    drop_connection,
+    answer_after_create,
+    emulator_app,
+    fate_of,
 )
 
 from .capabilities import RunAPICapabilities
 from .emulator_files import file_routes
+from .emulator_prices import price_routes
 from .emulator_state import (
     EmulatorState,
     IdempotencyRecord,
@@ -72,13 +72,14 @@ def build_emulator(
     tasks = _TaskRoutes(state, RunAPICapabilities.from_mapping({}))
     routes = [
         *file_routes(state),  # first: /api/v1/files/prepare would also match a create route
+        *price_routes(lambda: state.prices),  # GET /api/v1/price_schedules (emulator_prices.py)
         Route("/api/v1/{service}/{action}", tasks.create, methods=["POST"]),
         Route("/api/v1/{service}/{action}/{task_id}", tasks.poll, methods=["GET"]),
         Route("/api/v1/{service}/{task_id}", tasks.poll, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(RequestIdMiddleware)])
-    app.state.emulator = state
-    return EmulatorApp(provider=provider.name, app=app, options=options, counters=state.counters)
+    return emulator_app(
+        provider.name, state, routes, middleware=[Middleware(RequestIdMiddleware)]
+    )
 
 
 class _TaskRoutes:
@@ -156,15 +157,11 @@ class _TaskRoutes:
         else:
             dimension = task.quality or "*"
         cost = self.state.prices.lookup(task.model, operation, dimension) or Decimal(0)
-        kind = fault.kind if fault is not None else None
-        fate: JobFate = (
-            "fail" if kind == "task_failed" else "stuck" if kind == "task_stuck" else "succeed"
-        )
         return EmulatedJob(
             id=EmulatedJob.new_id(),
             created_at=now,
             duration=self.state.sample_latency(operation),
-            fate=fate,
+            fate=fate_of(fault),
             width=width,
             height=height,
             fmt="png",
@@ -189,21 +186,14 @@ class _TaskRoutes:
         self, request: Request, job: EmulatedJob, fault: Fault | None, now: float
     ) -> Response:
         """The faults that strike after the job exists, else the normal answer."""
-        state = self.state
-        kind = fault.kind if fault is not None else None
-        if kind is not None:
-            state.counters.bump_fault("create", kind)
-        if kind == "reset_after_send":
-            await drop_connection(request)
-            return Response(status_code=500)  # discarded: the connection is gone
-        if kind == "hang":
-            await asyncio.sleep(state.options.hang_seconds)
-        if kind == "created_500":
-            return error_response(500, "Internal server error")
-        if kind == "malformed":
-            return Response(f'{{"id": "{job.id}", "status": ', 200,
-                            media_type="application/json")
-        return self._task_response(request, job, now, replayed=False)
+        answer = await answer_after_create(
+            self.state, request, fault,
+            error_response=lambda status, message: error_response(status, message),
+            malformed_response=lambda: Response(
+                f'{{"id": "{job.id}", "status": ', 200, media_type="application/json"
+            ),
+        )
+        return answer or self._task_response(request, job, now, replayed=False)
 
     async def poll(self, request: Request) -> Response:
         state = self.state

@@ -8,11 +8,8 @@ the status faults every endpoint honours.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,14 +18,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imagerouter.emulation import (
-    EmulatorCounters,
-    EmulatorOptions,
-    Fault,
-    JobBook,
-    drop_connection,
-)
-from imagerouter.pricing import PriceTable
+from imagerouter.emulation import EmulatorState as BaseEmulatorState
+from imagerouter.emulation import Fault, answer_common_fault
 
 from .wire import NO_CHANNEL
 
@@ -80,36 +71,16 @@ class DirectUpload:
 
 
 @dataclass
-class EmulatorState:
-    """Everything the routes share. Locks guard what uvicorn's thread and tests both touch."""
+class EmulatorState(BaseEmulatorState):
+    """The shared emulator state plus RunAPI's own records: idempotency keys and direct
+    uploads waiting for their PUT."""
 
-    options: EmulatorOptions
-    prices: PriceTable
-    counters: EmulatorCounters = field(default_factory=EmulatorCounters)
-    book: JobBook = field(default_factory=JobBook)
-    clock: Callable[[], float] = time.monotonic
     idempotency: dict[str, IdempotencyRecord] = field(default_factory=dict)
     direct_uploads: dict[str, DirectUpload] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self._rng = self.options.make_rng()
-        self._rng_lock = threading.Lock()
-
-    def sample_latency(self, operation: str) -> float:
-        with self._rng_lock:
-            return self.options.latency_for(operation).sample(self._rng)
 
     def now(self) -> float:
         """The emulator's clock; also bills every job that finished by now."""
-        now = self.clock()
-        self.book.settle(now, self.counters)
-        return now
-
-    def authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and token.strip() == self.options.api_key
+        return self.settle()
 
     def balance_cents(self) -> int:
         self.now()
@@ -190,20 +161,10 @@ async def apply_common_fault(
     """Answer the faults every endpoint treats alike (status codes, reset; hang, except on
     create, where the job is made first), counting them. Returns None when the call should go
     on: no fault, a hang that is over, or a kind the route handles itself."""
-    if fault is None:
-        return None
-    if fault.status_code is not None:
-        state.counters.bump_fault(endpoint, fault.kind)
-        return status_fault_response(fault)
-    if fault.kind == "reset":
-        state.counters.bump_fault(endpoint, fault.kind)
-        await drop_connection(request)
-        return Response(status_code=500)  # discarded: the connection is gone
-    if fault.kind == "hang" and endpoint != "create":
-        state.counters.bump_fault(endpoint, fault.kind)
-        await asyncio.sleep(state.options.hang_seconds)
-        return None
-    return None
+    return await answer_common_fault(
+        state, request, endpoint, fault, status_response=status_fault_response,
+        hang=endpoint != "create",
+    )
 
 
 def usd_to_cents(amount: Decimal) -> int | float:

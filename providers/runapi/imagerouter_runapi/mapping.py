@@ -4,6 +4,13 @@ RunAPI speaks in an aspect ratio plus a 1k/2k/4k class (gpt-image-2) or an aspec
 a quality (gpt-image-1.5), one image per task, PNG out. `runapi_offer()` turns a request into
 one `Offer`: eligible with RunAPI's params and price, or ineligible with a reason a user can
 act on. docs/providers/runapi.md explains each rule and where the facts came from.
+
+Each offer says the pixels RunAPI will deliver (`Offer.delivered_size`). RunAPI documents no
+pixel sizes; **(inference)** a ratio at a class is taken to be `geometry.pixels_for` (about the
+class's area, sides multiples of 16), which is also what the emulator renders, and
+gpt-image-1.5 makes OpenAI's classic three sizes. Under size policy `exact` or `at_least` a
+WxH request is sent at the smallest class that covers it (1536x1024 is 3:2 at 2k, 2512x1680,
+which the router downscales), priced at that class: what it really costs.
 """
 
 from __future__ import annotations
@@ -11,14 +18,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from imagerouter.geometry import Ratio, nearest_ratio, resolution_class
+from imagerouter.geometry import (
+    RESOLUTIONS,
+    Ratio,
+    covers,
+    nearest_ratio,
+    pixels_for,
+    resolution_class,
+    same_ratio,
+)
 from imagerouter.offers import Offer
 from imagerouter.pricing import PriceTable
 from imagerouter.request import ImageRequest
 
 from .capabilities import ModelCapabilities, RunAPICapabilities
 
-__all__ = ["PROVIDER", "QUALITY_ON_GPT_IMAGE_2", "runapi_offer"]
+__all__ = [
+    "GPT_IMAGE_15_PIXELS",
+    "PROVIDER",
+    "QUALITY_ON_GPT_IMAGE_2",
+    "delivered_pixels",
+    "runapi_offer",
+]
 
 PROVIDER = "runapi"
 
@@ -26,6 +47,27 @@ QUALITY_ON_GPT_IMAGE_2 = (
     "RunAPI's gpt-image-2 endpoints take no quality; leave quality unset, or list RunAPI in a "
     "tier without a quality"
 )
+
+
+# gpt-image-1.5's pixels per ratio: OpenAI's classic three sizes (what the model makes).
+GPT_IMAGE_15_PIXELS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "2:3": (1024, 1536),
+    "3:2": (1536, 1024),
+}
+
+
+def delivered_pixels(model: str, aspect_ratio: str, resolution: str) -> tuple[int, int] | None:
+    """The (width, height) RunAPI makes for a ratio at a class, or None for `auto` (the model
+    chooses). See the module docstring: an inference, shared with the emulator."""
+    if aspect_ratio == "auto":
+        return None
+    if model == "gpt-image-1.5":
+        return GPT_IMAGE_15_PIXELS.get(aspect_ratio)
+    for name in RESOLUTIONS:
+        if name == resolution:
+            return pixels_for(Ratio.parse(aspect_ratio), name)
+    return None
 
 
 class _Ineligible(Exception):
@@ -56,6 +98,9 @@ def runapi_offer(
             params, price, notes = _gpt_image_2(request, caps, capabilities, prices)
         else:
             params, price, notes = _gpt_image_15(request, caps, capabilities, prices)
+        delivered = delivered_pixels(
+            request.model, params["aspect_ratio"], params.get("output_resolution", "1k")
+        )
     except _Ineligible as exc:
         return Offer.ineligible(PROVIDER, request, exc.reason)
     convert_to = None
@@ -73,6 +118,7 @@ def runapi_offer(
         per_image_usd=price,
         notes=notes,
         convert_to=convert_to,
+        delivered_size=delivered,
     )
 
 
@@ -117,6 +163,7 @@ def _gpt_image_2(
         shape = _Shape("auto", resolution)
     else:
         shape = _ratio_shape(request, caps, capabilities, model="gpt-image-2")
+        shape = _covering_class(request, shape, caps, prices)
         combo = caps.forbidden_combo(shape.aspect_ratio, shape.resolution)
         if combo is not None:
             why = f" ({combo.why})" if combo.why else ""
@@ -191,12 +238,7 @@ def _ratio_shape(
         if ratio is None:
             raise _Ineligible(_no_ratio(model, f"{width}x{height}", allowed, tolerance))
         resolution = resolution_class(width, height)
-        note = (
-            f"RunAPI takes an aspect ratio and a resolution class, not pixels: {width}x{height} "
-            f"is sent as {ratio} at {resolution}, and RunAPI chooses the exact pixels for that "
-            "ratio and class"
-        )
-        return _Shape(ratio, resolution, (note,))
+        return _Shape(ratio, resolution, (_pixels_note(model, width, height, ratio, resolution),))
     assert geometry.ratio is not None
     wanted = geometry.ratio
     resolution = geometry.resolution or "1k"
@@ -208,6 +250,49 @@ def _ratio_shape(
         raise _Ineligible(_no_ratio(model, str(wanted), allowed, tolerance))
     note = f"RunAPI has no {wanted} ratio; sent the nearest allowed ratio, {ratio}"
     return _Shape(ratio, resolution, (note,))
+
+
+def _pixels_note(model: str, width: int, height: int, ratio: str, resolution: str) -> str:
+    made = delivered_pixels(model, ratio, resolution)
+    makes = f" ({made[0]}x{made[1]})" if made is not None else ""
+    return (
+        f"RunAPI takes an aspect ratio and a resolution class, not pixels: {width}x{height} "
+        f"is sent as {ratio} at {resolution}, and RunAPI chooses the exact pixels for that "
+        f"ratio and class{makes}"
+    )
+
+
+def _covering_class(
+    request: ImageRequest, shape: _Shape, caps: ModelCapabilities, prices: PriceTable
+) -> _Shape:
+    """Under size policy exact / at_least, the smallest class (from the one the size belongs
+    to) that is allowed, priced, and makes the ratio at no fewer pixels than WxH. When none
+    does, the shape stays as it is and quoting says why the offer cannot serve the size."""
+    geometry = request.geometry
+    if geometry.kind != "pixels" or request.size_policy in (None, "nearest"):
+        return shape
+    assert geometry.width is not None and geometry.height is not None
+    wanted = (geometry.width, geometry.height)
+    start = RESOLUTIONS.index(shape.resolution) if shape.resolution in RESOLUTIONS else 0
+    for resolution in RESOLUTIONS[start:]:
+        if resolution not in caps.resolutions:
+            continue
+        if caps.forbidden_combo(shape.aspect_ratio, resolution) is not None:
+            continue
+        if prices.lookup(request.model, request.operation, resolution) is None:
+            continue
+        made = delivered_pixels(request.model, shape.aspect_ratio, resolution)
+        if made is None or not same_ratio(made, wanted) or not covers(made, wanted):
+            continue
+        if resolution == shape.resolution:
+            return shape
+        note = (
+            f"RunAPI takes a ratio and a class, not pixels: {wanted[0]}x{wanted[1]} is sent as "
+            f"{shape.aspect_ratio} at {resolution} ({made[0]}x{made[1]}), the smallest class "
+            f"that covers it (size_policy {request.size_policy})"
+        )
+        return _Shape(shape.aspect_ratio, resolution, (note,))
+    return shape
 
 
 def _no_ratio(model: str, wanted: str, allowed: tuple[str, ...], tolerance: float) -> str:

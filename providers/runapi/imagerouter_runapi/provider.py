@@ -20,6 +20,7 @@ from .mapping import runapi_offer
 
 if TYPE_CHECKING:
     from imagerouter.emulation import EmulatorApp, EmulatorOptions
+    from imagerouter.live_prices import FetchedPrices
     from imagerouter.offers import Offer
     from imagerouter.request import ImageRequest
 
@@ -46,6 +47,14 @@ class RunAPIProvider(Provider):
     # Result images are served from file.runapi.ai ("images":[{"url":"https://file.runapi.ai/…"}]
     # in the SDKs' mocks); any subdomain of RunAPI's own domain is trusted as well.
     download_hosts = ("runapi.ai", "*.runapi.ai")
+    # RunAPI's callback signature scheme is not documented: with a secret set, a hex
+    # HMAC-SHA256 of the raw body (optionally `sha256=`-prefixed) is accepted in any of these
+    # headers; if real deliveries fail that check, leave the secret unset (callbacks are
+    # only hints). The task id is the task JSON's `id`.
+    callback_signature_headers = (
+        "x-runapi-signature", "runapi-signature", "x-signature", "x-webhook-signature"
+    )
+    callback_task_id_fields = ("id", "task_id")
 
     def price_table(self) -> PriceTable:
         return PriceTable.from_package(PACKAGE)
@@ -54,11 +63,7 @@ class RunAPIProvider(Provider):
         return shipped_capabilities()
 
     def offers(
-        self,
-        request: ImageRequest,
-        *,
-        prices: PriceTable,
-        capabilities: Mapping[str, Any],
+        self, request: ImageRequest, *, prices: PriceTable, capabilities: Mapping[str, Any]
     ) -> list[Offer]:
         caps = RunAPICapabilities.from_mapping(capabilities)
         return [runapi_offer(request, prices=prices, capabilities=caps)]
@@ -70,6 +75,24 @@ class RunAPIProvider(Provider):
             base_url=settings.resolve_base_url(self),
             http=http,
             timeout=settings.timeout,
+        )
+
+    async def fetch_prices(
+        self,
+        settings: ProviderSettings,
+        http: httpx.AsyncClient,
+        *,
+        etag: str | None = None,
+    ) -> FetchedPrices:
+        # GET /api/v1/price_schedules (price_schedules.py): free, public, no key sent.
+        from .price_schedules import fetch_price_schedules
+
+        return await fetch_price_schedules(
+            settings.resolve_base_url(self),
+            http,
+            self.price_table(),
+            timeout_s=settings.timeout,
+            etag=etag,
         )
 
     def emulator(self, options: EmulatorOptions) -> EmulatorApp:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
+from decimal import Decimal
 from typing import Any
 
-from imagerouter.provider import TaskState
+from imagerouter.provider_kit import ErrorBody, TaskState, parse_retry_after, parse_usd
 
 __all__ = [
     "ACTIONS",
@@ -76,39 +73,18 @@ def parse_reported_cost(body: Mapping[str, Any]) -> Decimal | None:
     else `billing.settlement` (cents, or micro-cents). The reservation is not a charge."""
     usage = body.get("usage")
     if isinstance(usage, Mapping):
-        cost = _decimal(usage.get("cost"))
+        cost = parse_usd(usage.get("cost"))
         if cost is not None:
             return cost
     billing = body.get("billing")
     if isinstance(billing, Mapping):
         settlement = billing.get("settlement")
         if isinstance(settlement, Mapping):
-            cents = _decimal(settlement.get("charged_amount_cents"))
+            cents = parse_usd(settlement.get("charged_amount_cents"), scale=_CENTS_PER_USD)
             if cents is not None:
-                return cents / _CENTS_PER_USD
-            micro = _decimal(settlement.get("amount_micro_cents"))
-            if micro is not None:
-                return micro / _MICRO_CENTS_PER_USD
+                return cents
+            return parse_usd(settlement.get("amount_micro_cents"), scale=_MICRO_CENTS_PER_USD)
     return None
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        amount = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return amount if amount.is_finite() and amount >= 0 else None
-
-
-@dataclass(frozen=True)
-class ErrorBody:
-    """What an error body said, whatever its shape."""
-
-    message: str | None = None
-    code: str | None = None
-    fields: dict[str, list[str]] = field(default_factory=dict)
 
 
 def parse_error_body(text: str) -> ErrorBody:
@@ -161,22 +137,3 @@ def _fields(value: Any) -> dict[str, list[str]]:
         else:
             out[str(name)] = [str(messages)]
     return out
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """`Retry-After` in seconds: a number of seconds or an HTTP date (never negative)."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)

@@ -3,7 +3,6 @@ clock the test can move), and RunAPIClient instances pointed at it."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,21 +22,13 @@ from imagerouter.emulation import (
 )
 from imagerouter.offers import Offer
 from imagerouter.provider import ProviderSettings, TaskSpec
+from imagerouter.provider_kit.testing import FakeClock, SwitchApp, serve_switch, shared_ssl_context
 
 KEY = "sk-runapi-test-5f1d9c0b7e"
 
 
-class ManualClock:
-    """The emulator's clock; tests move it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# The emulator's clock; tests move it instead of sleeping.
+ManualClock = FakeClock
 
 
 @dataclass
@@ -65,22 +56,11 @@ def provider() -> RunAPIProvider:
     return RunAPIProvider()
 
 
-class SwitchApp:
-    """An ASGI app that forwards to whichever emulator the current test built, so one
-    uvicorn server serves the whole session (starting one per test costs ~0.3 s)."""
-
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.target(scope, receive, send)
-
-
 @pytest.fixture(scope="session")
 def switch() -> Iterator[tuple[SwitchApp, EmulatorServer]]:
-    app = SwitchApp()
-    with EmulatorServer(app) as server:
-        yield app, server
+    """One loopback server for the session, serving whichever emulator a test built."""
+    with serve_switch() as served:
+        yield served
 
 
 @pytest.fixture
@@ -99,7 +79,7 @@ def emulator(
 
 
 # Building an SSL context costs ~0.1 s; every client in these tests shares one.
-SSL_CONTEXT = ssl.create_default_context()
+SSL_CONTEXT = shared_ssl_context()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from imagerouter_runapi import RunAPIClient, RunAPIProvider
-from imagerouter_runapi.wire import parse_retry_after
 from pydantic import SecretStr
 
 from imagerouter.errors import (
@@ -391,14 +390,6 @@ async def test_retry_after_as_an_http_date(spec: Callable[..., TaskSpec]) -> Non
         await make_client(answer(429, {}, headers={"Retry-After": when})).submit(offer, task)
     assert info.value.retry_after is not None
     assert 100 < info.value.retry_after <= 120
-
-
-def test_parse_retry_after_edges() -> None:
-    now = datetime(2026, 8, 21, 12, 0, tzinfo=UTC)
-    assert parse_retry_after("Fri, 21 Aug 2026 12:00:30 GMT", now=now) == 30.0
-    assert parse_retry_after("Fri, 21 Aug 2026 11:00:00 GMT", now=now) == 0.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("-3") == 0.0
 
 
 # -- transport failures ----------------------------------------------------------------------

@@ -13,20 +13,11 @@ import pytest
 from imagerouter_runapi import RunAPIClient
 from PIL import Image
 
-from imagerouter.errors import (
-    AuthenticationError,
-    ConnectionFailedError,
-    InsufficientCreditsError,
-    InvalidRequestError,
-    MalformedResponseError,
-    ProviderError,
-    ProviderUnavailableError,
-    RateLimitedError,
-    SubmissionUnknownError,
-)
+from imagerouter import errors
 from imagerouter.geometry import Ratio, pixels_for
 from imagerouter.offers import Offer
 from imagerouter.provider import LoadedImage, TaskSpec, TaskState
+from imagerouter.provider_kit import testing as contract
 
 Spec = Callable[..., TaskSpec]
 OfferFor = Callable[[TaskSpec], Offer]
@@ -86,17 +77,26 @@ async def test_text_to_image_goes_pending_processing_completed(
 @pytest.mark.parametrize(
     ("model", "params", "size", "cost"),
     [
-        ("gpt-image-2", {"aspect_ratio": "auto", "output_resolution": "1k"}, (1024, 1024),
-         "0.06"),
-        ("gpt-image-2", {"aspect_ratio": "3:2", "output_resolution": "2k"},
-         pixels_for(Ratio(3, 2), "2k"), "0.10"),
+        ("gpt-image-2", {"aspect_ratio": "auto", "output_resolution": "1k"}, (1024, 1024), "0.06"),
+        (
+            "gpt-image-2",
+            {"aspect_ratio": "3:2", "output_resolution": "2k"},
+            pixels_for(Ratio(3, 2), "2k"),
+            "0.10",
+        ),
         ("gpt-image-1.5", {"aspect_ratio": "2:3", "quality": "medium"}, (1024, 1536), "0.04"),
         ("gpt-image-1.5", {"aspect_ratio": "3:2", "quality": "high"}, (1536, 1024), "0.04"),
     ],
 )
 async def test_image_sizes_and_costs_follow_the_params(
-    client: RunAPIClient, emulator: Any, spec: Spec, offer_for: OfferFor,
-    http: httpx.AsyncClient, model: str, params: dict[str, str], size: tuple[int, int],
+    client: RunAPIClient,
+    emulator: Any,
+    spec: Spec,
+    offer_for: OfferFor,
+    http: httpx.AsyncClient,
+    model: str,
+    params: dict[str, str],
+    size: tuple[int, int],
     cost: str,
 ) -> None:
     task = spec(model=model, params={"model": model, **params})
@@ -111,14 +111,20 @@ async def test_edit_after_upload_for_both_models(
     client: RunAPIClient, emulator: Any, spec: Spec, offer_for: OfferFor, http: httpx.AsyncClient
 ) -> None:
     data = png_bytes()
-    image = LoadedImage(name="in", data=data, mime_type="image/png", filename="in.png",
-                        width=64, height=48)
+    image = LoadedImage(
+        name="in", data=data, mime_type="image/png", filename="in.png", width=64, height=48
+    )
     url = await client.upload(image)
     assert url.startswith(emulator.url + "/files/")
     assert (await http.get(url)).content == data
     for index, model in enumerate(("gpt-image-2", "gpt-image-1.5")):
-        task = spec(model=model, operation="edit", input_urls=(url, url),
-                    key=f"edit-{index}", task_id=f"edit-{index}")
+        task = spec(
+            model=model,
+            operation="edit",
+            input_urls=(url, url),
+            key=f"edit-{index}",
+            task_id=f"edit-{index}",
+        )
         submission = await submit(client, offer_for, task)
         assert submission.poll_ref.split("/")[1] == "edit_image"
         done = await finished(client, emulator, submission.poll_ref)
@@ -132,11 +138,11 @@ async def test_actionless_poll_and_unknown_tasks(
 ) -> None:
     submission = await submit(client, offer_for, spec())
     assert (await client.get(f"gpt_image_2/{submission.task_id}")).state is TaskState.QUEUED
-    with pytest.raises(InvalidRequestError) as info:
+    with pytest.raises(errors.InvalidRequestError) as info:
         await client.get(f"gpt_image/text_to_image/{submission.task_id}")  # other service
     assert info.value.status_code == 404 and info.value.code == "not_found"
     assert info.value.accepted == "yes"
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(errors.InvalidRequestError):
         await client.get("gpt_image_2/text_to_image/00000000-0000-4000-8000-000000000000")
 
 
@@ -173,7 +179,7 @@ async def test_same_key_with_other_input_is_a_409(
     client: RunAPIClient, emulator: Any, spec: Spec, offer_for: OfferFor
 ) -> None:
     await submit(client, offer_for, spec(prompt="one"))
-    with pytest.raises(InvalidRequestError) as info:
+    with pytest.raises(errors.InvalidRequestError) as info:
         await submit(client, offer_for, spec(prompt="two"))
     assert info.value.status_code == 409
     assert info.value.code == "idempotency_key_reused"
@@ -197,7 +203,7 @@ async def test_the_emulator_refuses_what_runapi_would(
     client: RunAPIClient, spec: Spec, offer_for: OfferFor, emulator: Any
 ) -> None:
     bad = spec(params={"model": "gpt-image-2", "aspect_ratio": "1:1", "output_resolution": "4k"})
-    with pytest.raises(InvalidRequestError) as info:
+    with pytest.raises(errors.InvalidRequestError) as info:
         await submit(client, offer_for, bad)
     assert info.value.status_code == 422
     assert info.value.fields == {"output_resolution": ["1:1 cannot be 4k"]}
@@ -209,35 +215,64 @@ async def test_the_emulator_refuses_what_runapi_would(
     [
         ("gpt_image_2/text_to_image", {"model": "gpt-image-2"}, {"prompt": ["is required"]}),
         ("gpt_image_2/text_to_image", {"prompt": "x"}, {"model": ["is required"]}),
-        ("gpt_image_2/text_to_image", {"model": "gpt-image-1.5", "prompt": "x"},
-         {"model": ["must be gpt-image-2"]}),
-        ("gpt_image_2/text_to_image", {"model": "gpt-image-2", "prompt": "x",
-                                       "aspect_ratio": "5:3"}, {"aspect_ratio": None}),
-        ("gpt_image_2/text_to_image", {"model": "gpt-image-2", "prompt": "x",
-                                       "output_resolution": "8K"}, {"output_resolution": None}),
-        ("gpt_image_2/text_to_image", {"model": "gpt-image-2", "prompt": "x",
-                                       "output_resolution": "2k"},
-         {"output_resolution": ["auto/unset aspect_ratio only supports 1k"]}),
-        ("gpt_image_2/text_to_image", {"model": "gpt-image-2", "prompt": "x",
-                                       "quality": "high"}, {"quality": ["is not a known field"]}),
-        ("gpt_image_2/edit_image", {"model": "gpt-image-2", "prompt": "x"},
-         {"source_image_urls": ["is required"]}),
-        ("gpt_image_2/edit_image", {"model": "gpt-image-2", "prompt": "x",
-                                    "source_image_urls": ["ftp://x"]},
-         {"source_image_urls": ["must be a list of http(s) URLs"]}),
-        ("gpt_image/text_to_image", {"model": "gpt-image-1.5", "prompt": "x"},
-         {"aspect_ratio": ["is required"], "quality": ["is required"]}),
-        ("gpt_image/text_to_image", {"model": "gpt-image-1.5", "prompt": "x",
-                                     "aspect_ratio": "16:9", "quality": "low"},
-         {"aspect_ratio": None, "quality": None}),
+        (
+            "gpt_image_2/text_to_image",
+            {"model": "gpt-image-1.5", "prompt": "x"},
+            {"model": ["must be gpt-image-2"]},
+        ),
+        (
+            "gpt_image_2/text_to_image",
+            {"model": "gpt-image-2", "prompt": "x", "aspect_ratio": "5:3"},
+            {"aspect_ratio": None},
+        ),
+        (
+            "gpt_image_2/text_to_image",
+            {"model": "gpt-image-2", "prompt": "x", "output_resolution": "8K"},
+            {"output_resolution": None},
+        ),
+        (
+            "gpt_image_2/text_to_image",
+            {"model": "gpt-image-2", "prompt": "x", "output_resolution": "2k"},
+            {"output_resolution": ["auto/unset aspect_ratio only supports 1k"]},
+        ),
+        (
+            "gpt_image_2/text_to_image",
+            {"model": "gpt-image-2", "prompt": "x", "quality": "high"},
+            {"quality": ["is not a known field"]},
+        ),
+        (
+            "gpt_image_2/edit_image",
+            {"model": "gpt-image-2", "prompt": "x"},
+            {"source_image_urls": ["is required"]},
+        ),
+        (
+            "gpt_image_2/edit_image",
+            {"model": "gpt-image-2", "prompt": "x", "source_image_urls": ["ftp://x"]},
+            {"source_image_urls": ["must be a list of http(s) URLs"]},
+        ),
+        (
+            "gpt_image/text_to_image",
+            {"model": "gpt-image-1.5", "prompt": "x"},
+            {"aspect_ratio": ["is required"], "quality": ["is required"]},
+        ),
+        (
+            "gpt_image/text_to_image",
+            {"model": "gpt-image-1.5", "prompt": "x", "aspect_ratio": "16:9", "quality": "low"},
+            {"aspect_ratio": None, "quality": None},
+        ),
     ],
 )
 async def test_validation_bodies(
-    emulator: Any, http: httpx.AsyncClient, api_key: str, path: str, body: dict[str, Any],
+    emulator: Any,
+    http: httpx.AsyncClient,
+    api_key: str,
+    path: str,
+    body: dict[str, Any],
     fields: dict[str, list[str] | None],
 ) -> None:
-    response = await http.post(f"{emulator.url}/api/v1/{path}", json=body,
-                               headers={"Authorization": f"Bearer {api_key}"})
+    response = await http.post(
+        f"{emulator.url}/api/v1/{path}", json=body, headers={"Authorization": f"Bearer {api_key}"}
+    )
     assert response.status_code == 422
     data = response.json()
     assert data["error"] == "Validation failed"
@@ -253,34 +288,37 @@ async def test_bad_json_and_unknown_endpoints(
     emulator: Any, http: httpx.AsyncClient, api_key: str
 ) -> None:
     auth = {"Authorization": f"Bearer {api_key}"}
-    response = await http.post(f"{emulator.url}/api/v1/gpt_image_2/text_to_image",
-                               content=b"{nope", headers=auth)
+    response = await http.post(
+        f"{emulator.url}/api/v1/gpt_image_2/text_to_image", content=b"{nope", headers=auth
+    )
     assert response.status_code == 400 and response.json() == {"error": "Bad input"}
-    response = await http.post(f"{emulator.url}/api/v1/dalle/text_to_image", json={},
-                               headers=auth)
+    response = await http.post(f"{emulator.url}/api/v1/dalle/text_to_image", json={}, headers=auth)
     assert response.status_code == 404
 
 
 async def test_a_wrong_key_is_refused_everywhere(
-    make_client: Callable[..., RunAPIClient], spec: Spec, offer_for: OfferFor, emulator: Any,
+    make_client: Callable[..., RunAPIClient],
+    spec: Spec,
+    offer_for: OfferFor,
+    emulator: Any,
     http: httpx.AsyncClient,
 ) -> None:
     wrong = "sk-wrong-0d9a8c7b6e5f"
     client = make_client(key=wrong)
-    errors: list[ProviderError] = []
-    with pytest.raises(AuthenticationError) as create:
+    raised: list[errors.ProviderError] = []
+    with pytest.raises(errors.AuthenticationError) as create:
         await submit(client, offer_for, spec())
-    errors.append(create.value)
-    with pytest.raises(AuthenticationError) as poll:
+    raised.append(create.value)
+    with pytest.raises(errors.AuthenticationError) as poll:
         await client.get("gpt_image_2/text_to_image/abc")
-    errors.append(poll.value)
-    with pytest.raises(AuthenticationError) as upload:
+    raised.append(poll.value)
+    with pytest.raises(errors.AuthenticationError) as upload:
         await client.upload(LoadedImage("x", png_bytes(), "image/png", "x.png", 64, 48))
-    errors.append(upload.value)
+    raised.append(upload.value)
     assert create.value.accepted == "no" and poll.value.accepted == "yes"
     check = await client.free_check()
     assert not check.ok
-    for error in errors:
+    for error in raised:
         assert wrong not in str(error) and wrong not in repr(error)
     raw = await http.get(f"{emulator.url}/api/v1/me/balance")
     assert raw.status_code == 401 and raw.json() == {"error": "Unauthorized"}
@@ -291,8 +329,11 @@ async def test_balance_goes_down_by_what_was_billed(
 ) -> None:
     before = await client.free_check()
     assert before.ok and before.balance_usd == Decimal("100")
-    submission = await submit(client, offer_for, spec(
-        params={"model": "gpt-image-2", "aspect_ratio": "16:9", "output_resolution": "2k"}))
+    submission = await submit(
+        client,
+        offer_for,
+        spec(params={"model": "gpt-image-2", "aspect_ratio": "16:9", "output_resolution": "2k"}),
+    )
     await finished(client, emulator, submission.poll_ref)
     after = await client.free_check()
     assert after.balance_usd == Decimal("99.90")
@@ -304,46 +345,48 @@ async def test_balance_goes_down_by_what_was_billed(
 @pytest.mark.parametrize(
     ("rule", "error", "accepted"),
     [
-        ("create:429:retry_after=3", RateLimitedError, "no"),
-        ("create:503", ProviderUnavailableError, "no"),
-        ("create:500", ProviderUnavailableError, "unknown"),
-        ("create:502", ProviderUnavailableError, "unknown"),
-        ("create:402", InsufficientCreditsError, "no"),
-        ("create:401", AuthenticationError, "no"),
-        ("create:403", AuthenticationError, "no"),
-        ("create:422", InvalidRequestError, "no"),
-        ("create:reset", SubmissionUnknownError, "unknown"),
+        ("create:429:retry_after=3", errors.RateLimitedError, "no"),
+        ("create:503", errors.ProviderUnavailableError, "no"),
+        ("create:500", errors.ProviderUnavailableError, "unknown"),
+        ("create:502", errors.ProviderUnavailableError, "unknown"),
+        ("create:402", errors.InsufficientCreditsError, "no"),
+        ("create:401", errors.AuthenticationError, "no"),
+        ("create:403", errors.AuthenticationError, "no"),
+        ("create:422", errors.InvalidRequestError, "no"),
+        ("create:reset", errors.SubmissionUnknownError, "unknown"),
     ],
 )
 async def test_create_faults_that_make_no_job(
-    client: RunAPIClient, emulator: Any, spec: Spec, offer_for: OfferFor,
-    rule: str, error: type[ProviderError], accepted: str,
+    client: RunAPIClient,
+    emulator: Any,
+    spec: Spec,
+    offer_for: OfferFor,
+    rule: str,
+    error: type[errors.ProviderError],
+    accepted: str,
 ) -> None:
     emulator.faults.add(rule)
     with pytest.raises(error) as info:
         await submit(client, offer_for, spec())
     assert type(info.value) is error
     assert info.value.accepted == accepted
-    if isinstance(info.value, RateLimitedError):
+    if isinstance(info.value, errors.RateLimitedError):
         assert info.value.retry_after == 3.0
     assert emulator.app.counters.created == 0
     kind = rule.split(":")[1]
     assert emulator.app.counters.snapshot()["faults"] == {f"create:{kind}": 1}
 
 
-@pytest.mark.parametrize(
-    ("rule", "error"),
-    [
-        ("create:reset_after_send", SubmissionUnknownError),
-        ("create:created_500", ProviderUnavailableError),
-        ("create:malformed", MalformedResponseError),
-    ],
-)
+@pytest.mark.parametrize(("rule", "error"), contract.AFTER_CREATE_FAULTS)
 async def test_create_faults_after_the_job_exists_are_recovered_by_replay(
-    client: RunAPIClient, emulator: Any, spec: Spec, offer_for: OfferFor,
-    rule: str, error: type[ProviderError],
+    client: RunAPIClient,
+    emulator: Any,
+    spec: Spec,
+    offer_for: OfferFor,
+    rule: str,
+    error: type[errors.ProviderError],
 ) -> None:
-    emulator.faults.add(rule.replace("create:", "create:seq=") )
+    emulator.faults.add(rule.replace("create:", "create:seq="))
     task = spec()
     with pytest.raises(error) as info:
         await submit(client, offer_for, task)
@@ -362,7 +405,7 @@ async def test_a_hanging_create_times_out_as_unknown_and_the_job_exists(
     emulator.faults.add("create:seq=hang")
     client = make_client(timeout=0.2)
     task = spec()
-    with pytest.raises(SubmissionUnknownError) as info:
+    with pytest.raises(errors.SubmissionUnknownError) as info:
         await submit(client, offer_for, task)
     assert info.value.accepted == "unknown"
     assert info.value.client_ref == task.task_id
@@ -387,44 +430,36 @@ async def test_task_failed_and_task_stuck(
     assert counters["billed_usd"] == Decimal(0)
 
 
-@pytest.mark.parametrize(
-    ("rule", "error"),
-    [
-        ("poll:500", ProviderUnavailableError),
-        ("poll:503", ProviderUnavailableError),
-        ("poll:429", RateLimitedError),
-        ("poll:reset", ProviderUnavailableError),
-        ("poll:malformed", MalformedResponseError),
-    ],
-)
+@pytest.mark.parametrize(("rule", "error"), contract.POLL_FAULTS)
 async def test_poll_faults_are_accepted_failures(
-    client: RunAPIClient, emulator: Any, spec: Spec, offer_for: OfferFor,
-    rule: str, error: type[ProviderError],
+    client: RunAPIClient,
+    emulator: Any,
+    spec: Spec,
+    offer_for: OfferFor,
+    rule: str,
+    error: type[errors.ProviderError],
 ) -> None:
     submission = await submit(client, offer_for, spec())
-    emulator.faults.add(rule.replace("poll:", "poll:seq="))
-    with pytest.raises(error) as info:
-        await client.get(submission.poll_ref)
-    assert info.value.accepted == "yes"
-    assert (await client.get(submission.poll_ref)).state is TaskState.QUEUED  # next poll fine
+    after = await contract.check_poll_fault(
+        client, emulator.faults, submission.poll_ref, rule, error
+    )
+    assert after.state is TaskState.QUEUED  # the next poll is fine
 
 
 @pytest.mark.parametrize(
     ("rule", "error", "stored"),
     [
-        ("upload:503", ProviderUnavailableError, 0),
-        ("upload:reset", ProviderUnavailableError, 0),
-        ("upload:created_500", ProviderUnavailableError, 1),
-        ("upload:malformed", MalformedResponseError, 1),
+        ("upload:503", errors.ProviderUnavailableError, 0),
+        ("upload:reset", errors.ProviderUnavailableError, 0),
+        ("upload:created_500", errors.ProviderUnavailableError, 1),
+        ("upload:malformed", errors.MalformedResponseError, 1),
     ],
 )
 async def test_upload_faults(
-    client: RunAPIClient, emulator: Any, rule: str, error: type[ProviderError], stored: int
+    client: RunAPIClient, emulator: Any, rule: str, error: type[errors.ProviderError], stored: int
 ) -> None:
-    emulator.faults.add(rule)
-    with pytest.raises(error) as info:
-        await client.upload(LoadedImage("x", png_bytes(), "image/png", "x.png", 64, 48))
-    assert info.value.accepted == "no"
+    image = LoadedImage("x", png_bytes(), "image/png", "x.png", 64, 48)
+    await contract.check_upload_fault(client, emulator.faults, image, rule, error)
     assert emulator.app.counters.uploads == stored
 
 
@@ -433,14 +468,10 @@ async def test_download_faults(
 ) -> None:
     submission = await submit(client, offer_for, spec())
     [url] = (await finished(client, emulator, submission.poll_ref)).image_urls
-    whole = (await http.get(url)).content
-    emulator.faults.add("download:seq=download_404,truncated")
-    assert (await http.get(url)).status_code == 404
-    truncated = await http.get(url)
-    assert truncated.status_code == 200
-    assert truncated.content == whole[: len(whole) // 2]
+    await contract.check_download_faults(http, emulator.faults, url)
     assert emulator.app.counters.snapshot()["faults"] == {
-        "download:download_404": 1, "download:truncated": 1
+        "download:download_404": 1,
+        "download:truncated": 1,
     }
 
 
@@ -453,7 +484,7 @@ async def test_a_closed_port_is_a_connection_failure(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = make_client(base_url=f"http://127.0.0.1:{port}")
-    with pytest.raises(ConnectionFailedError) as info:
+    with pytest.raises(errors.ConnectionFailedError) as info:
         await submit(client, offer_for, spec())
     assert info.value.accepted == "no"
 

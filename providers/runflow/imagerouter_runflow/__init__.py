@@ -5,16 +5,10 @@ Loaded through the `imagerouter` entry point group; registers one `RunflowProvid
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from imagerouter.hookspecs import hookimpl
-from imagerouter.provider import Provider
+from imagerouter.provider_kit import RegisterHook, provider_hook
 
 from .provider import RunflowProvider
 
 __all__ = ["RunflowProvider", "register_providers"]
 
-
-@hookimpl
-def register_providers(register: Callable[[Provider], None]) -> None:
-    register(RunflowProvider())
+register_providers: RegisterHook = provider_hook(RunflowProvider)

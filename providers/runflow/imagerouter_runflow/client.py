@@ -1,13 +1,13 @@
 """The Runflow wire client: create runs, poll them, find them by client_ref, upload inputs.
 
-One HTTP attempt per call, on the `httpx.AsyncClient` the router owns (never closed here).
-The key stays a `SecretStr` until the Authorization header is built for one request, and is
-scrubbed from every error message and body excerpt.
+Built on the provider kit's `HttpClient`: one HTTP attempt per call on the
+`httpx.AsyncClient` the router owns, transport failures mapped to "never sent" / "sent,
+outcome unknown", the key kept in a SecretStr until a header is built and redacted from every
+error message and body excerpt. This module adds only Runflow's endpoints and shapes.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -15,34 +15,12 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from imagerouter.errors import (
-    Accepted,
-    ConnectionFailedError,
-    InputImageError,
-    InvalidRequestError,
-    MalformedResponseError,
-    ProviderError,
-    SubmissionUnknownError,
-)
-from imagerouter.provider import (
-    FreeCheck,
-    LoadedImage,
-    ProviderClient,
-    Submission,
-    TaskSpec,
-    TaskStatus,
-)
+from imagerouter.errors import InputImageError, InvalidRequestError, ProviderError
+from imagerouter.provider import FreeCheck, LoadedImage, Submission, TaskSpec, TaskStatus
+from imagerouter.provider_kit import ErrorBody, HttpClient, json_or_none, parse_usd
 
 from .mapping import PROVIDER, model_id_for
-from .wire import (
-    error_from_response,
-    list_page,
-    output_urls,
-    parse_cost,
-    request_id_of,
-    run_id_of,
-    run_state,
-)
+from .wire import field_errors, list_page, output_urls, run_id_of, run_state
 
 if TYPE_CHECKING:
     from imagerouter.offers import Offer
@@ -53,17 +31,8 @@ __all__ = ["FIND_PAGES", "FIND_PAGE_LIMIT", "RunflowClient", "encode_model_id", 
 
 FIND_PAGES = 5
 FIND_PAGE_LIMIT = 100
-
-# Errors after which the create request may have reached Runflow: the run may exist.
-_UNKNOWN_AFTER_SEND = (
-    httpx.ReadTimeout,
-    httpx.WriteTimeout,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-)
-# Errors that prove nothing was sent.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# A 503 with this code: the model is not being served; no run was created.
+_MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
 
 
 def encode_model_id(model_id: str) -> str:
@@ -75,8 +44,10 @@ def encode_model_id(model_id: str) -> str:
     return "/".join(quote(segment, safe="!'()*") for segment in segments)
 
 
-class RunflowClient(ProviderClient):
+class RunflowClient(HttpClient):
     """Runflow's HTTP API for one account (key, base URL) on a shared `httpx.AsyncClient`."""
+
+    request_id_header = "runflow-request-id"
 
     def __init__(
         self,
@@ -88,76 +59,31 @@ class RunflowClient(ProviderClient):
         timeout: float,
         capabilities: Mapping[str, Any],
     ) -> None:
-        self.provider = provider
-        self._http = http
-        self._key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+        super().__init__(provider, http=http, api_key=api_key, base_url=base_url, timeout=timeout)
         self.capabilities = capabilities
-        self.user_agent = f"imagerouter-runflow/{provider.version}"
 
-    def __repr__(self) -> str:
-        return f"<RunflowClient {self.base_url}>"
+    # -- the kit's hooks -------------------------------------------------------------------
 
-    # -- helpers ---------------------------------------------------------------------------
+    def parse_error(self, response: httpx.Response) -> ErrorBody:
+        """Runflow's `{code, message, errors}` or FastAPI's `{detail}`."""
+        raw = json_or_none(response)
+        body = raw if isinstance(raw, Mapping) else {}
+        code = body.get("code")
+        message = body.get("message")
+        if message is None and isinstance(body.get("detail"), str):
+            message = body["detail"]
+        text = str(message) if message else (response.reason_phrase or None)
+        fields = field_errors(body) if response.status_code in (400, 422) else {}
+        return ErrorBody(text, str(code) if code is not None else None, fields)
 
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._key.get_secret_value()}",
-            "User-Agent": self.user_agent,
-            "Accept": "application/json",
-        }
+    def request_id_of(self, response: httpx.Response) -> str | None:
+        """The body's `request_id`, else the `Runflow-Request-Id` header."""
+        raw = json_or_none(response) if response.content else None
+        value = raw.get("request_id") if isinstance(raw, Mapping) else None
+        return str(value) if value else super().request_id_of(response)
 
-    def _scrub(self, text: str) -> str:
-        key = self._key.get_secret_value()
-        return text.replace(key, "[REDACTED]") if key else text
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        accepted_5xx: Accepted,
-        accepted: Accepted | None = None,
-        task_id: str | None = None,
-        **kwargs: Any,
-    ) -> tuple[httpx.Response, Any]:
-        """One authenticated request that is not a create; returns (response, JSON body)."""
-        try:
-            response = await self._http.request(
-                method,
-                f"{self.base_url}{path}",
-                headers=self._headers(),
-                timeout=self.timeout,
-                follow_redirects=False,
-                **kwargs,
-            )
-        except httpx.TransportError as exc:
-            raise ConnectionFailedError(
-                f"{method} {path} failed: {self._scrub(_describe(exc))}",
-                provider=PROVIDER,
-                accepted=accepted or "no",
-                task_id=task_id,
-            ) from None
-        if not response.is_success:
-            raise error_from_response(
-                response,
-                accepted_5xx=accepted_5xx,
-                accepted=accepted,
-                task_id=task_id,
-                scrub=self._scrub,
-            )
-        try:
-            return response, response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MalformedResponseError(
-                f"{method} {path} answered with a body that is not JSON",
-                provider=PROVIDER,
-                status_code=response.status_code,
-                accepted=accepted or "no",
-                body=self._scrub(response.text[:300]),
-                task_id=task_id,
-            ) from None
+    def nothing_created(self, response: httpx.Response, body: ErrorBody) -> bool:
+        return response.status_code == 503 and body.code == _MODEL_UNAVAILABLE
 
     # -- create --------------------------------------------------------------------------
 
@@ -190,65 +116,26 @@ class RunflowClient(ProviderClient):
                 str(exc), provider=PROVIDER, accepted="no", task_id=task.task_id
             ) from None
         body = self.run_body(offer, task)
-        unknown: dict[str, Any] = {
-            "provider": PROVIDER,
-            "task_id": task.task_id,
-            "client_ref": task.task_id,
-        }
-        try:
-            response = await self._http.post(
-                f"{self.base_url}{path}",
-                json=body,
-                headers=self._headers(),
-                timeout=self.timeout,
-                follow_redirects=False,
-            )
-        except _NOT_SENT as exc:
-            raise ConnectionFailedError(
-                f"could not reach Runflow: {self._scrub(_describe(exc))}",
-                provider=PROVIDER,
-                accepted="no",
-                task_id=task.task_id,
-            ) from None
-        except (*_UNKNOWN_AFTER_SEND, httpx.TransportError) as exc:
-            raise SubmissionUnknownError(
-                f"the create was sent but no answer came back ({self._scrub(_describe(exc))});"
-                " the run may exist: look it up by client_ref",
-                accepted="unknown",
-                **unknown,
-            ) from None
-        if not response.is_success:
-            raise error_from_response(
-                response, accepted_5xx="unknown", task_id=task.task_id, scrub=self._scrub
-            )
-        try:
-            run = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            run = None
+        response = await self.send(
+            "POST", path, call="create", json=body, task_id=task.task_id,
+            client_ref=task.task_id,
+        )
+        run = json_or_none(response)
         run_id = run_id_of(run) if isinstance(run, Mapping) else None
         if not isinstance(run, Mapping) or run_id is None:
-            raise MalformedResponseError(
-                "the create answered 2xx without a readable run id; the run may exist",
-                status_code=response.status_code,
-                accepted="unknown",
-                body=self._scrub(response.text[:300]),
-                **unknown,
+            raise self.malformed(
+                response, "the create answered 2xx without a readable run id; the run may exist",
+                call="create", task_id=task.task_id, client_ref=task.task_id,
             )
-        return _submission(task, run, run_id, request_id_of(response, run))
+        return _submission(task, run, run_id, self.request_id_of(response))
 
     # -- poll ----------------------------------------------------------------------------
 
     async def get(self, poll_ref: str) -> TaskStatus:
-        _, run = await self._call(
-            "GET", f"/v1/runs/{quote(poll_ref, safe='')}", accepted_5xx="yes", accepted="yes"
+        response = await self.send(
+            "GET", f"/v1/runs/{quote(poll_ref, safe='')}", call="get", task_id=poll_ref
         )
-        if not isinstance(run, Mapping):
-            raise MalformedResponseError(
-                "GET /v1/runs/{id} answered with something that is not a run",
-                provider=PROVIDER,
-                accepted="yes",
-            )
-        return status_of(run)
+        return status_of(self.json_object(response, call="get", task_id=poll_ref))
 
     # -- reconcile -----------------------------------------------------------------------
 
@@ -266,19 +153,20 @@ class RunflowClient(ProviderClient):
             }
             if cursor:
                 params["pq"] = cursor
-            response, body = await self._call(
-                "GET",
-                "/v1/runs",
-                params=params,
-                accepted_5xx="unknown",
-                accepted="unknown",
-                task_id=task.task_id,
+            response = await self.send(
+                "GET", "/v1/runs", call="find", params=params, task_id=task.task_id
             )
+            body = json_or_none(response)
+            if body is None:
+                raise self.malformed(
+                    response, "GET /v1/runs answered with a body that is not JSON",
+                    call="find", task_id=task.task_id,
+                )
             runs, next_cursor = list_page(body)
             for run in runs:
                 run_id = run_id_of(run)
                 if run.get("client_ref") == task.task_id and run_id is not None:
-                    return _submission(task, run, run_id, request_id_of(response, run))
+                    return _submission(task, run, run_id, self.request_id_of(response))
             if not next_cursor or next_cursor == cursor:
                 return None
             cursor = next_cursor
@@ -288,65 +176,53 @@ class RunflowClient(ProviderClient):
 
     async def upload(self, image: LoadedImage) -> str:
         """Upload an edit input in Runflow's three steps; return its signed HTTPS URL."""
-        limit = int(self.capabilities.get("max_upload_bytes", 50 * 1024 * 1024))
-        if image.size_bytes > limit:
+        limit = self.provider.upload_limit_bytes(self.capabilities)
+        if limit is not None and image.size_bytes > limit:
             raise InputImageError(
                 image.name,
                 f"{image.size_bytes:,} bytes is over Runflow's upload limit of {limit:,} bytes",
             )
-        _, slot = await self._call(
+        response = await self.send(
             "POST",
             "/v1/asset-uploads",
+            call="upload",
             json={
                 "filename": image.filename,
                 "mime_type": image.mime_type,
                 "size_bytes": image.size_bytes,
             },
-            accepted_5xx="no",
         )
-        asset_id = (slot.get("asset_id") or slot.get("id")) if isinstance(slot, Mapping) else None
-        upload_url = slot.get("upload_url") if isinstance(slot, Mapping) else None
+        slot = self.json_object(response, call="upload")
+        asset_id = slot.get("asset_id") or slot.get("id")
+        upload_url = slot.get("upload_url")
         if not asset_id or not isinstance(upload_url, str):
-            raise MalformedResponseError(
-                "POST /v1/asset-uploads answered without asset_id and upload_url",
-                provider=PROVIDER,
+            raise self.malformed(
+                response, "POST /v1/asset-uploads answered without asset_id and upload_url",
+                call="upload",
             )
-        await self._put_bytes(upload_url, image)
-        _, asset = await self._call(
+        # A presigned storage URL: it must not see our Authorization header.
+        await self.send(
+            "PUT", upload_url, call="upload", authenticated=False, content=image.data,
+            headers={"Content-Type": image.mime_type},
+        )
+        response = await self.send(
             "POST",
             f"/v1/asset-uploads/{quote(str(asset_id), safe='')}/confirmations",
+            call="upload",
             json={"folder_id": None},
-            accepted_5xx="no",
         )
-        url = asset.get("url") if isinstance(asset, Mapping) else None
+        url = self.json_object(response, call="upload").get("url")
         if not isinstance(url, str) or not url:
-            raise MalformedResponseError(
-                "the upload confirmation answered without a url", provider=PROVIDER
+            raise self.malformed(
+                response, "the upload confirmation answered without a url", call="upload"
             )
         return url
-
-    async def _put_bytes(self, upload_url: str, image: LoadedImage) -> None:
-        # A presigned storage URL: it must not see our Authorization header.
-        try:
-            response = await self._http.put(
-                upload_url,
-                content=image.data,
-                headers={"Content-Type": image.mime_type, "User-Agent": self.user_agent},
-                timeout=self.timeout,
-                follow_redirects=False,
-            )
-        except httpx.TransportError as exc:
-            raise ConnectionFailedError(
-                f"uploading {image.name} failed: {_describe(exc)}", provider=PROVIDER
-            ) from None
-        if not response.is_success:
-            raise error_from_response(response, accepted_5xx="no", scrub=self._scrub)
 
     # -- free check ----------------------------------------------------------------------
 
     async def free_check(self) -> FreeCheck | None:
         try:
-            _, body = await self._call("GET", "/v1/health", accepted_5xx="no")
+            body = json_or_none(await self.send("GET", "/v1/health", call="check"))
         except ProviderError as exc:
             return FreeCheck(ok=False, detail=str(exc))
         status = body.get("status") if isinstance(body, Mapping) else None
@@ -363,7 +239,7 @@ def status_of(run: Mapping[str, Any]) -> TaskStatus:
     return TaskStatus(
         state=state,
         image_urls=output_urls(run.get("output")) if state.produced_images else (),
-        billed_usd=parse_cost(run.get("cost")) if state.terminal else None,
+        billed_usd=parse_usd(run.get("cost")) if state.terminal else None,
         error=str(message) if message else None,
         error_code=str(code) if code else None,
         raw=run,
@@ -380,10 +256,7 @@ def _submission(
         poll_ref=run_id,
         state=state,
         request_id=request_id,
-        billed_usd=parse_cost(run.get("cost")) if state.terminal else None,
+        billed_usd=parse_usd(run.get("cost")) if state.terminal else None,
         raw=run,
     )
 
-
-def _describe(exc: httpx.TransportError) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -9,22 +9,22 @@ Runs are billed from the shipped price table when they succeed; failed runs are 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from imagerouter.emulation import (
     EmulatedJob,
     EmulatorApp,
     EmulatorOptions,
-    JobFate,
-    drop_connection,
+    answer_after_create,
+    emulator_app,
+    fate_of,
+    route_table,
+    state_of,
 )
 
 from .emulator_http import ApiBase, error, malformed
@@ -37,13 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["build_emulator", "emulator_state"]
 
-# Create faults that make a run which then fails, or never finishes.
-_FATES: dict[str, JobFate] = {"task_failed": "fail", "task_stuck": "stuck"}
-
 
 def emulator_state(emulator: EmulatorApp) -> RunflowEmulatorState:
     """The Runflow emulator's state behind an EmulatorApp (test hooks: `force_status`...)."""
-    state = emulator.app.state.runflow
+    state = state_of(emulator)
     assert isinstance(state, RunflowEmulatorState)
     return state
 
@@ -55,25 +52,19 @@ def build_emulator(provider: RunflowProvider, options: EmulatorOptions) -> Emula
         )
     state = RunflowEmulatorState(options=options, prices=provider.price_table())
     runs, storage = _RunsApi(state), StorageApi(state)
-    app = Starlette(
-        middleware=[Middleware(_SettleFirst, state=state)],
-        routes=[
-            Route("/v1/health", runs.health, methods=["GET"]),
-            Route("/v1/models/{model_id:path}/runs", runs.create_run, methods=["POST"]),
-            Route("/v1/runs", runs.list_runs, methods=["GET"]),
-            Route("/v1/runs/{run_id}", runs.get_run, methods=["GET"]),
-            Route("/v1/asset-uploads", storage.create_upload, methods=["POST"]),
-            Route("/uploads/{asset_id}", storage.put_upload, methods=["PUT"]),
-            Route(
-                "/v1/asset-uploads/{asset_id}/confirmations",
-                storage.confirm_upload,
-                methods=["POST"],
-            ),
-            Route("/files/{file_id}", storage.file, methods=["GET"]),
-        ],
+    routes = route_table(
+        ("GET /v1/health", runs.health),
+        ("POST /v1/models/{model_id:path}/runs", runs.create_run),
+        ("GET /v1/runs", runs.list_runs),
+        ("GET /v1/runs/{run_id}", runs.get_run),
+        ("POST /v1/asset-uploads", storage.create_upload),
+        ("PUT /uploads/{asset_id}", storage.put_upload),
+        ("POST /v1/asset-uploads/{asset_id}/confirmations", storage.confirm_upload),
+        ("GET /files/{file_id}", storage.file),
     )
-    app.state.runflow = state
-    return EmulatorApp(provider=provider.name, app=app, options=options, counters=state.counters)
+    return emulator_app(
+        provider.name, state, routes, middleware=[Middleware(_SettleFirst, state=state)]
+    )
 
 
 class _SettleFirst:
@@ -124,7 +115,7 @@ class _RunsApi(ApiBase):
             id=EmulatedJob.new_id(),
             created_at=self.state.now(),
             duration=self.state.sample_latency(spec.operation),
-            fate=_FATES.get(kind or "", "succeed"),
+            fate=fate_of(fault),
             width=shape.width,
             height=shape.height,
             fmt=shape.fmt,
@@ -156,15 +147,12 @@ class _RunsApi(ApiBase):
         self.state.book.add(job)
         self.counters.bump("created")
 
-        if kind == "reset_after_send":
-            await drop_connection(request)
-            return Response(status_code=500)
-        if kind == "created_500":
-            return error(500, "Internal server error (emulated fault)")
-        if kind == "malformed":
-            return malformed()
-        if kind == "hang":
-            await asyncio.sleep(self.options.hang_seconds)
+        answer = await answer_after_create(
+            self.state, request, fault, error_response=error, malformed_response=malformed,
+            count=False,
+        )
+        if answer is not None:
+            return answer
         run = self.state.run_object(job, self._base(request))
         return JSONResponse(run, status_code=201, headers={"Runflow-Request-Id": request_id})
 

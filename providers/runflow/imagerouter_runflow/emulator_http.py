@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imagerouter.emulation import Fault, drop_connection
+from imagerouter.emulation import Fault, answer_common_fault
 
 from .emulator_state import RunflowEmulatorState
 
@@ -69,28 +68,18 @@ class ApiBase:
         self.counters = state.counters
 
     def _authorized(self, request: Request) -> bool:
-        return request.headers.get("authorization") == f"Bearer {self.options.api_key}"
+        return self.state.authorized(request)
 
     def _draw(self, endpoint: str) -> Fault | None:
-        fault = self.options.faults.draw(endpoint)
-        if fault is not None:
-            self.counters.bump_fault(endpoint, fault.kind)
-        return fault
+        return self.state.draw(endpoint, count=True)
 
     async def _common_fault(self, request: Request, fault: Fault | None) -> Response | None:
-        """Answer a fault that needs no job: a status, a reset, a hang or garbage."""
-        if fault is None:
-            return None
-        if fault.status_code is not None:
-            return fault_response(fault)
-        if fault.kind == "reset":
-            await drop_connection(request)
-            return Response(status_code=500)
-        if fault.kind == "malformed":
-            return malformed()
-        if fault.kind == "hang":
-            await asyncio.sleep(self.options.hang_seconds)
-        return None
+        """Answer a fault that needs no job: a status, a reset, a hang or garbage (counted
+        when drawn)."""
+        return await answer_common_fault(
+            self.state, request, "", fault, status_response=fault_response,
+            malformed_response=malformed, count=False,
+        )
 
     @staticmethod
     def _base(request: Request) -> str:

@@ -7,8 +7,6 @@ test forces one with `force_status` (for statuses the timeline never reaches on 
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from imagerouter.emulation import EmulatedJob, EmulatorCounters, EmulatorOptions, JobBook
+from imagerouter.emulation import EmulatedJob, EmulatorOptions, EmulatorState
 from imagerouter.pricing import PriceTable
 
 __all__ = [
@@ -68,31 +66,20 @@ class PendingUpload:
 
 
 @dataclass
-class RunflowEmulatorState:
+class RunflowEmulatorState(EmulatorState):
+    """The shared emulator state plus Runflow's asset uploads between their three steps and
+    the wall time run timestamps are drawn from. Its clock is `options.clock`."""
+
     options: RunflowEmulatorOptions
-    prices: PriceTable
-    counters: EmulatorCounters = field(default_factory=EmulatorCounters)
-    book: JobBook = field(default_factory=JobBook)
     uploads: dict[str, PendingUpload] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _rng: random.Random = field(default_factory=random.Random, repr=False)
     # Wall time of clock() == 0, so run timestamps follow the injected clock.
     _epoch: datetime = field(default_factory=lambda: datetime.now(UTC), repr=False)
     _epoch_clock: float = 0.0
 
     def __post_init__(self) -> None:
-        self._rng = self.options.make_rng()
-        self._epoch_clock = self.options.clock()
-
-    def now(self) -> float:
-        return self.options.clock()
-
-    def settle(self) -> None:
-        self.book.settle(self.now(), self.counters)
-
-    def sample_latency(self, operation: str) -> float:
-        with self._lock:
-            return self.options.latency_for(operation).sample(self._rng)
+        self.clock = self.options.clock
+        super().__post_init__()
+        self._epoch_clock = self.clock()
 
     def iso(self, at: float | None) -> str | None:
         if at is None:
@@ -203,12 +190,12 @@ class RunflowEmulatorState:
 
     def new_upload(self, filename: str, mime_type: str, size_bytes: int) -> PendingUpload:
         upload = PendingUpload(str(uuid.uuid4()), filename, mime_type, size_bytes)
-        with self._lock:
+        with self.lock:
             self.uploads[upload.asset_id] = upload
         return upload
 
     def upload(self, asset_id: str) -> PendingUpload | None:
-        with self._lock:
+        with self.lock:
             return self.uploads.get(asset_id)
 
 

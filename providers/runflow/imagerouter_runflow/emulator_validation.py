@@ -116,18 +116,9 @@ def validate_run(
     if problems:
         return None, problems
     assert isinstance(prompt, str)
-    shape = RunShape(
-        spec=spec,
-        prompt=prompt,
-        quality=quality,
-        fmt=fmt,
-        count=count,
-        width=width,
-        height=height,
-        size_key=size_key,
-        transparent=background == "transparent" and fmt != "jpeg",
-    )
-    return shape, []
+    transparent = background == "transparent" and fmt != "jpeg"
+    # In RunShape's field order (every name above is the field's own).
+    return RunShape(spec, prompt, quality, fmt, count, width, height, size_key, transparent), []
 
 
 def _envelope(body: Mapping[str, Any], problems: Problems) -> None:

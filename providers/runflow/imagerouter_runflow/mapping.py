@@ -5,6 +5,14 @@ Runflow's models take their options inside `input`: `quality`, `output_format`, 
 fixed sizes or "auto") and, for gpt-image-1.5 only, `background`. The limits come from the
 capability table (merged with the user's overrides by the router) and the prices from the
 price table, both passed in, so a user's config changes what this module decides.
+
+Each offer says the pixels Runflow will deliver (`Offer.delivered_size`): the `{width, height}`
+sent for gpt-image-2, the fixed size for gpt-image-1.5, or None when Runflow chooses (auto).
+Under size policy `exact` / `at_least` a gpt-image-2 WxH that breaks Runflow's rules only by
+not being a multiple of 16 or by being under its pixel minimum is sent at the nearest larger
+valid size of the same ratio, which the router then downscales to WxH. gpt-image-1.5's edit
+takes `input_fidelity` (**[inference]**, runflow.md: "possibly input_fidelity"), forwarded
+when the request sets it; nothing Runflow lists takes `moderation`.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from imagerouter.geometry import Ratio, nearest_ratio, pixels_for, resolution_class, round_size
+from imagerouter.geometry import Ratio, nearest_ratio, pixels_for, resolution_class
 from imagerouter.offers import Offer
 from imagerouter.pricing import PriceTable
+from imagerouter.provider_kit import deep_merge, snap_size
 from imagerouter.request import ImageRequest
 
 __all__ = [
@@ -59,23 +68,11 @@ DEFAULT_CAPABILITIES: dict[str, Any] = {
 
 def merged_capabilities(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     """The defaults, then each layer on top, merged key by key (nested mappings too)."""
-    result: dict[str, Any] = _merge({}, DEFAULT_CAPABILITIES)
+    result: dict[str, Any] = deep_merge(DEFAULT_CAPABILITIES, {})
     for layer in layers:
         if layer:
-            result = _merge(result, layer)
+            result = deep_merge(result, layer)
     return result
-
-
-def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        elif isinstance(value, Mapping):
-            out[key] = _merge({}, value)
-        else:
-            out[key] = value
-    return out
 
 
 def model_id_for(capabilities: Mapping[str, Any], model: str, operation: str) -> str:
@@ -200,6 +197,12 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
     if len(batches) > 1:
         notes.append(f"Runflow allows at most {per_run} images per run: {len(batches)} runs")
     params["num_images"] = batches[0]
+    if (
+        request.input_fidelity is not None
+        and request.model == "gpt-image-1.5"
+        and request.operation == "edit"
+    ):
+        params["input_fidelity"] = request.input_fidelity
     if request.mask is not None and request.model == "gpt-image-1.5":
         notes.append("gpt-image-1.5 edit's mask field is inferred as mask_url")
     return Offer.priced(
@@ -209,7 +212,32 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
         batches=batches,
         per_image_usd=price,
         notes=tuple(notes),
+        delivered_size=_delivered(params.get("image_size")),
     )
+
+
+def _delivered(image_size: Any) -> tuple[int, int] | None:
+    """The pixels of an `image_size` value: `{width, height}`, `WxH`, or None (auto/preset)."""
+    if isinstance(image_size, Mapping):
+        return int(image_size["width"]), int(image_size["height"])
+    if isinstance(image_size, str) and "x" in image_size:
+        width, _, height = image_size.partition("x")
+        if width.isdigit() and height.isdigit():
+            return int(width), int(height)
+    return None
+
+
+def _covering_size(width: int, height: int, rules: SizeRules) -> tuple[int, int]:
+    """The smallest size of about width:height that is at least width x height, has sides in
+    multiples of `rules.multiple` and at least `rules.min_pixels` pixels (the router then
+    downscales it to exactly width x height)."""
+    step = rules.multiple
+    scale = max(1.0, math.sqrt(rules.min_pixels / (width * height)))
+    out_w = math.ceil(width * scale / step) * step
+    out_h = math.ceil(height * scale / step) * step
+    while out_w * out_h < rules.min_pixels:  # ceil of each side rarely falls short; be sure
+        out_w, out_h = out_w + step, out_h + step
+    return out_w, out_h
 
 
 def _gpt_image_2_size(
@@ -245,12 +273,23 @@ def _gpt_image_2_size(
             )
     else:
         assert geometry.width is not None and geometry.height is not None
-        width, height = round_size(geometry.width, geometry.height, rules.multiple)
-        if (width, height) != (geometry.width, geometry.height):
-            notes.append(
-                f"{geometry.width}x{geometry.height} rounded to {width}x{height} "
-                f"(Runflow needs multiples of {rules.multiple})"
-            )
+        asked = (geometry.width, geometry.height)
+        if request.size_policy in ("exact", "at_least") and (
+            size_problem(*asked, rules) is not None
+        ):
+            width, height = _covering_size(*asked, rules)
+            if (width, height) != asked and size_problem(width, height, rules) is None:
+                notes.append(
+                    f"{asked[0]}x{asked[1]} sent as {width}x{height}, the nearest larger size "
+                    f"Runflow's gpt-image-2 takes (multiples of {rules.multiple}, at least "
+                    f"{rules.min_pixels:,} pixels)"
+                )
+                params["image_size"] = {"width": width, "height": height}
+                return f"{width}x{height}"
+        width, height = snap_size(
+            geometry.width, geometry.height, rules.multiple, notes, title="Runflow",
+            verb="rounded to",
+        )
     problem = size_problem(width, height, rules)
     if problem is not None:
         raise _Ineligible(f"Runflow's gpt-image-2 size rule broken: {problem}")

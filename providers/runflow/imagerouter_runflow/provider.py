@@ -43,6 +43,16 @@ class RunflowProvider(Provider):
     # Run outputs are presigned S3 URLs (`https://<bucket>.s3...amazonaws.com/outputs/...`);
     # the docs' sample images are on public.runflow.io. Runflow names no other host.
     download_hosts: ClassVar[tuple[str, ...]] = ("*.runflow.io", "*.amazonaws.com")
+    # With a registered secret Runflow signs each callback: `Runflow-Signature` is the
+    # lowercase hex HMAC-SHA256 of the raw body (the kit's default scheme). Runflow documents
+    # no minimum poll interval (it recommends 2 s for image models): the core's floor holds.
+    callback_signature_headers: ClassVar[tuple[str, ...]] = ("runflow-signature",)
+    callback_task_id_fields: ClassVar[tuple[str, ...]] = ("run_id", "id")
+
+    def model_families(self, capabilities: Mapping[str, Any]) -> tuple[str, ...]:
+        """The families `model_ids` maps to Runflow model ids."""
+        model_ids = capabilities.get("model_ids")
+        return tuple(str(name) for name in model_ids) if isinstance(model_ids, Mapping) else ()
 
     def price_table(self) -> PriceTable:
         return PriceTable.from_package(_PACKAGE)
@@ -59,11 +69,7 @@ class RunflowProvider(Provider):
         return prompt_fits_15(prompt, capabilities)
 
     def offers(
-        self,
-        request: ImageRequest,
-        *,
-        prices: PriceTable,
-        capabilities: Mapping[str, Any],
+        self, request: ImageRequest, *, prices: PriceTable, capabilities: Mapping[str, Any]
     ) -> list[Offer]:
         return [build_offer(request, prices=prices, capabilities=capabilities)]
 

@@ -1,4 +1,4 @@
-"""Reading Runflow's answers: run objects, statuses, output URLs, list pages and errors.
+"""Reading Runflow's answers: run objects, statuses, output URLs, list pages, field errors.
 
 Runflow's sources disagree on several shapes (see docs/providers/runflow.md), so every
 documented variant is accepted here: `id` or `run_id`, `canceled` or `cancelled`, output URLs
@@ -8,37 +8,18 @@ under `outputs[].url`, `image_urls`, `image`, `images[].url`, `url` or `output_u
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from imagerouter.errors import (
-    Accepted,
-    AuthenticationError,
-    InsufficientCreditsError,
-    InvalidRequestError,
-    MalformedResponseError,
-    ProviderError,
-    ProviderUnavailableError,
-    RateLimitedError,
-)
-from imagerouter.provider import TaskState
-
-from .mapping import PROVIDER
+from imagerouter.provider_kit import TaskState
 
 __all__ = [
     "STATUS_MAP",
-    "error_from_response",
+    "field_errors",
     "list_page",
     "output_urls",
-    "parse_cost",
-    "parse_retry_after",
-    "request_id_of",
     "run_id_of",
     "run_state",
 ]
@@ -69,17 +50,6 @@ def run_id_of(run: Mapping[str, Any]) -> str | None:
         if isinstance(value, str | int) and str(value):
             return str(value)
     return None
-
-
-def parse_cost(value: Any) -> Decimal | None:
-    """Runflow's `cost` (a USD decimal string) as Decimal; None when absent or unreadable."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return amount if amount.is_finite() and amount >= 0 else None
 
 
 def output_urls(output: Any) -> tuple[str, ...]:
@@ -168,32 +138,9 @@ def _cursor_value(cursor: Any) -> str | None:
     return text
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date; None when absent."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _field_errors(body: Mapping[str, Any]) -> dict[str, list[str]]:
+def field_errors(body: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per-field messages of a 400/422 body: Runflow's `errors[{field, message}]` or
+    FastAPI's `detail[{loc, msg}]`."""
     fields: dict[str, list[str]] = {}
     entries: Any = body.get("errors")
     if not isinstance(entries, list):
@@ -209,59 +156,3 @@ def _field_errors(body: Mapping[str, Any]) -> dict[str, list[str]]:
         message = entry.get("message", entry.get("msg", "is not valid"))
         fields.setdefault(str(name or "request"), []).append(str(message))
     return fields
-
-
-def error_from_response(
-    response: httpx.Response,
-    *,
-    accepted_5xx: Accepted,
-    accepted: Accepted | None = None,
-    task_id: str | None = None,
-    scrub: Callable[[str], str] = str,
-) -> ProviderError:
-    """The imagerouter error for a non-2xx answer.
-
-    `accepted_5xx` is what a 5xx (other than 503 MODEL_UNAVAILABLE) means for this call:
-    "unknown" on a create, since the run may exist. `accepted`, when given, overrides every
-    status (a poll is always of an accepted run)."""
-    status = response.status_code
-    raw = _json(response)
-    body = raw if isinstance(raw, Mapping) else {}
-    code = body.get("code")
-    code = scrub(str(code)) if code is not None else None
-    message = body.get("message")
-    if message is None and isinstance(body.get("detail"), str):
-        message = body["detail"]
-    text = str(message) if message else (response.reason_phrase or f"HTTP {status}")
-    common: dict[str, Any] = {
-        "provider": PROVIDER,
-        "status_code": status,
-        "request_id": request_id_of(response, body),
-        "code": code,
-        "body": scrub(response.text[:300]) if response.content else None,
-        "task_id": task_id,
-    }
-    text = scrub(text)
-    if status in (401, 403):
-        return AuthenticationError(text, accepted=accepted or "no", **common)
-    if status == 402:
-        return InsufficientCreditsError(text, accepted=accepted or "no", **common)
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return RateLimitedError(text, retry_after=retry_after, accepted=accepted or "no", **common)
-    if status == 503 and code == "MODEL_UNAVAILABLE":
-        return ProviderUnavailableError(text, accepted=accepted or "no", **common)
-    if status >= 500:
-        return ProviderUnavailableError(text, accepted=accepted or accepted_5xx, **common)
-    if 400 <= status < 500:
-        fields = _field_errors(body) if status in (400, 422) else {}
-        return InvalidRequestError(text, fields=fields, accepted=accepted or "no", **common)
-    return MalformedResponseError(
-        f"unexpected HTTP {status}: {text}", accepted=accepted or accepted_5xx, **common
-    )
-
-
-def request_id_of(response: httpx.Response, body: Mapping[str, Any]) -> str | None:
-    """The request id Runflow gave this answer (body `request_id` or `Runflow-Request-Id`)."""
-    value = body.get("request_id") or response.headers.get("runflow-request-id")
-    return str(value) if value else None

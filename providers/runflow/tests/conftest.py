@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from imagerouter.emulation import EmulatorApp, EmulatorServer, LatencyModel
 from imagerouter.offers import Offer
 from imagerouter.provider import ProviderSettings, TaskSpec
+from imagerouter.provider_kit.testing import FakeClock, SwitchApp, serve_switch, shared_ssl_context
 from imagerouter.request import ImageRequest
 
 SECRET_KEY = "rf_live_TOPSECRETkey0123456789"
@@ -69,19 +70,6 @@ def secret_key() -> str:
     return SECRET_KEY
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand (the emulator reads it from its thread)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class Rig:
     """One Runflow emulator served over loopback, and a client pointed at it."""
@@ -111,28 +99,15 @@ class Rig:
         self.state.settle()
 
 
-class SwitchApp:
-    """An ASGI app that forwards to whichever emulator the current test installed, so one
-    uvicorn server serves every test (starting and stopping one takes a few hundred ms)."""
-
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.target(scope, receive, send)
-
-
 @pytest.fixture(scope="session")
 def shared_server() -> Iterator[tuple[EmulatorServer, SwitchApp]]:
-    switch = SwitchApp()
-    with EmulatorServer(switch) as server:
+    with serve_switch() as (switch, server):
         yield server, switch
 
 
 @pytest.fixture(scope="session")
 def tls_context() -> ssl.SSLContext:
-    # Building httpx's default TLS context costs ~100 ms per client; loopback needs none.
-    return ssl.create_default_context()
+    return shared_ssl_context()
 
 
 @pytest.fixture

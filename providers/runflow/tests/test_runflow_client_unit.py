@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.utils import format_datetime
 from typing import Any
 
 import httpx
 import pytest
 from imagerouter_runflow import RunflowProvider
 from imagerouter_runflow.client import RunflowClient, encode_model_id
-from imagerouter_runflow.wire import list_page, output_urls, parse_retry_after
+from imagerouter_runflow.wire import list_page, output_urls
 from pydantic import SecretStr
 
-from imagerouter.errors import (
-    AuthenticationError,
-    ConnectionFailedError,
-    InputImageError,
-    InsufficientCreditsError,
-    InvalidRequestError,
-    MalformedResponseError,
-    MissingApiKeyError,
-    ProviderError,
-    ProviderUnavailableError,
-    RateLimitedError,
-    SubmissionUnknownError,
-)
+from imagerouter import errors
 from imagerouter.offers import Offer
 from imagerouter.provider import LoadedImage, ProviderSettings, TaskSpec, TaskState
 
@@ -56,7 +42,7 @@ def run(status: str = "queued", **extra: Any) -> dict[str, Any]:
 
 def test_client_needs_a_key(provider: RunflowProvider, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RUNFLOW_API_KEY", raising=False)
-    with pytest.raises(MissingApiKeyError, match="RUNFLOW_API_KEY"):
+    with pytest.raises(errors.MissingApiKeyError, match="RUNFLOW_API_KEY"):
         provider.client(ProviderSettings(), httpx.AsyncClient())
 
 
@@ -191,68 +177,74 @@ async def test_submit_uses_model_id_overrides(
             400,
             {"code": "BAD_REQUEST", "message": "bad", "errors": None},
             {},
-            InvalidRequestError,
+            errors.InvalidRequestError,
             "no",
         ),
         (
             401,
             {"code": "UNAUTHORIZED", "message": "no", "errors": None},
             {},
-            AuthenticationError,
+            errors.AuthenticationError,
             "no",
         ),
         (
             403,
             {"code": "PERMISSION_DENIED", "message": "scope", "errors": None},
             {},
-            AuthenticationError,
+            errors.AuthenticationError,
             "no",
         ),
         (
             402,
             {"code": "INSUFFICIENT_CREDIT", "message": "top up", "errors": None},
             {},
-            InsufficientCreditsError,
+            errors.InsufficientCreditsError,
             "no",
         ),
         (
             402,
             {"code": "INSUFFICIENT_CREDITS", "message": "top up"},
             {},
-            InsufficientCreditsError,
+            errors.InsufficientCreditsError,
             "no",
         ),
         (
             404,
             {"code": "MODEL_NOT_FOUND", "message": "nope", "errors": None},
             {},
-            InvalidRequestError,
+            errors.InvalidRequestError,
             "no",
         ),
         (
             409,
             {"code": "CONFLICT", "message": "dup", "errors": None},
             {},
-            InvalidRequestError,
+            errors.InvalidRequestError,
             "no",
         ),
-        (429, {"code": "RATE_LIMITED", "message": "slow"}, {}, RateLimitedError, "no"),
+        (429, {"code": "RATE_LIMITED", "message": "slow"}, {}, errors.RateLimitedError, "no"),
         (
             503,
             {"code": "MODEL_UNAVAILABLE", "message": "down", "errors": None},
             {},
-            ProviderUnavailableError,
+            errors.ProviderUnavailableError,
             "no",
         ),
         (
             503,
             {"code": "SERVICE_UNAVAILABLE", "message": "down"},
             {},
-            ProviderUnavailableError,
+            errors.ProviderUnavailableError,
             "unknown",
         ),
-        (500, {"code": "INTERNAL", "message": "oops"}, {}, ProviderUnavailableError, "unknown"),
-        (502, None, {}, ProviderUnavailableError, "unknown"),
+        (
+            500,
+            {"code": "INTERNAL", "message": "oops"},
+            {},
+            errors.ProviderUnavailableError,
+            "unknown",
+        ),
+        (502, None, {}, errors.ProviderUnavailableError, "unknown"),
     ],
 )
 async def test_submit_error_mapping(
@@ -263,7 +255,7 @@ async def test_submit_error_mapping(
     status: int,
     body: dict[str, Any] | None,
     headers: dict[str, str],
-    error: type[ProviderError],
+    error: type[errors.ProviderError],
     accepted: str,
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
@@ -286,7 +278,7 @@ async def test_submit_error_mapping(
     if body is not None:
         assert exc.code == body["code"]
         assert exc.request_id == "rq"
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, errors.RateLimitedError):
         assert exc.retry_after is None
 
 
@@ -317,29 +309,14 @@ async def test_422_fields_from_errors_and_from_fastapi_detail(
     offer = make_offer()
     client, http = client_for(provider, secret_key, handler)
     async with http:
-        with pytest.raises(InvalidRequestError) as first:
+        with pytest.raises(errors.InvalidRequestError) as first:
             await client.submit(offer, make_task(offer))
-        with pytest.raises(InvalidRequestError) as second:
+        with pytest.raises(errors.InvalidRequestError) as second:
             await client.submit(offer, make_task(offer))
     assert first.value.fields == {"input.num_images": ["must be <= 4"]}
     assert first.value.code == "VALIDATION_ERROR"
     assert second.value.fields == {"input.prompt": ["field required"]}
     assert second.value.accepted == "no"
-
-
-@pytest.mark.parametrize(("value", "low", "high"), [("7", 7, 7), ("0.5", 0.5, 0.5)])
-def test_retry_after_seconds(value: str, low: float, high: float) -> None:
-    seconds = parse_retry_after(value)
-    assert seconds is not None and low <= seconds <= high
-
-
-def test_retry_after_http_date_and_garbage() -> None:
-    now = datetime(2026, 8, 21, 12, 0, tzinfo=UTC)
-    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
-    assert parse_retry_after(later, now=now) == 90
-    assert parse_retry_after(format_datetime(now - timedelta(hours=1), usegmt=True), now) == 0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
 
 
 async def test_429_reads_retry_after(
@@ -356,7 +333,7 @@ async def test_429_reads_retry_after(
     offer = make_offer()
     client, http = client_for(provider, secret_key, handler)
     async with http:
-        with pytest.raises(RateLimitedError) as caught:
+        with pytest.raises(errors.RateLimitedError) as caught:
             await client.submit(offer, make_task(offer))
     assert caught.value.retry_after == 3
 
@@ -364,13 +341,13 @@ async def test_429_reads_retry_after(
 @pytest.mark.parametrize(
     ("exc", "error", "accepted"),
     [
-        (httpx.ConnectError("refused"), ConnectionFailedError, "no"),
-        (httpx.ConnectTimeout("slow connect"), ConnectionFailedError, "no"),
-        (httpx.ReadTimeout("slow read"), SubmissionUnknownError, "unknown"),
-        (httpx.WriteTimeout("slow write"), SubmissionUnknownError, "unknown"),
-        (httpx.ReadError("reset"), SubmissionUnknownError, "unknown"),
-        (httpx.WriteError("broken pipe"), SubmissionUnknownError, "unknown"),
-        (httpx.RemoteProtocolError("closed"), SubmissionUnknownError, "unknown"),
+        (httpx.ConnectError("refused"), errors.ConnectionFailedError, "no"),
+        (httpx.ConnectTimeout("slow connect"), errors.ConnectionFailedError, "no"),
+        (httpx.ReadTimeout("slow read"), errors.SubmissionUnknownError, "unknown"),
+        (httpx.WriteTimeout("slow write"), errors.SubmissionUnknownError, "unknown"),
+        (httpx.ReadError("reset"), errors.SubmissionUnknownError, "unknown"),
+        (httpx.WriteError("broken pipe"), errors.SubmissionUnknownError, "unknown"),
+        (httpx.RemoteProtocolError("closed"), errors.SubmissionUnknownError, "unknown"),
     ],
 )
 async def test_submit_transport_errors(
@@ -379,7 +356,7 @@ async def test_submit_transport_errors(
     make_task: Callable[..., TaskSpec],
     secret_key: str,
     exc: httpx.TransportError,
-    error: type[ProviderError],
+    error: type[errors.ProviderError],
     accepted: str,
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
@@ -393,7 +370,7 @@ async def test_submit_transport_errors(
             await client.submit(offer, task)
     assert caught.value.accepted == accepted
     assert caught.value.task_id == task.task_id
-    if error is SubmissionUnknownError:
+    if error is errors.SubmissionUnknownError:
         assert caught.value.client_ref == task.task_id
 
 
@@ -412,7 +389,7 @@ async def test_unreadable_2xx_create_is_malformed_and_unknown(
     task = make_task(offer)
     client, http = client_for(provider, secret_key, handler)
     async with http:
-        with pytest.raises(MalformedResponseError) as caught:
+        with pytest.raises(errors.MalformedResponseError) as caught:
             await client.submit(offer, task)
     assert caught.value.accepted == "unknown"
     assert caught.value.client_ref == task.task_id
@@ -434,18 +411,18 @@ async def test_the_key_never_appears_in_errors(
 
     offer = make_offer()
     client, http = client_for(provider, secret_key, handler)
-    errors: list[ProviderError] = []
+    raised: list[errors.ProviderError] = []
     async with http:
         for call in (
             lambda: client.submit(offer, make_task(offer)),
             lambda: client.get(RUN_ID),
             lambda: client.find(make_task(offer)),
         ):
-            with pytest.raises(ProviderError) as caught:
+            with pytest.raises(errors.ProviderError) as caught:
                 await call()
-            errors.append(caught.value)
-    assert len(errors) == 3
-    for exc in errors:
+            raised.append(caught.value)
+    assert len(raised) == 3
+    for exc in raised:
         assert secret_key not in str(exc)
         assert secret_key not in repr(exc)
         assert secret_key not in (getattr(exc, "body", None) or "")
@@ -535,10 +512,14 @@ def test_output_url_shapes(output: Any, urls: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(404, InvalidRequestError), (500, ProviderUnavailableError), (401, AuthenticationError)],
+    [
+        (404, errors.InvalidRequestError),
+        (500, errors.ProviderUnavailableError),
+        (401, errors.AuthenticationError),
+    ],
 )
 async def test_get_errors_are_accepted_yes(
-    provider: RunflowProvider, secret_key: str, status: int, error: type[ProviderError]
+    provider: RunflowProvider, secret_key: str, status: int, error: type[errors.ProviderError]
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json={"code": "RUN_NOT_FOUND", "message": "x"})
@@ -563,11 +544,11 @@ async def test_get_transport_error_and_garbage_are_accepted_yes(
 
     client, http = client_for(provider, secret_key, handler)
     async with http:
-        with pytest.raises(ConnectionFailedError) as first:
+        with pytest.raises(errors.ConnectionFailedError) as first:
             await client.get(RUN_ID)
-        with pytest.raises(MalformedResponseError) as second:
+        with pytest.raises(errors.MalformedResponseError) as second:
             await client.get(RUN_ID)
-        with pytest.raises(MalformedResponseError) as third:
+        with pytest.raises(errors.MalformedResponseError) as third:
             await client.get(RUN_ID)
     assert {first.value.accepted, second.value.accepted, third.value.accepted} == {"yes"}
 
@@ -674,7 +655,7 @@ async def test_find_errors_are_accepted_unknown(
     offer = make_offer()
     client, http = client_for(provider, secret_key, handler)
     async with http:
-        with pytest.raises(ProviderUnavailableError) as caught:
+        with pytest.raises(errors.ProviderUnavailableError) as caught:
             await client.find(make_task(offer))
     assert caught.value.accepted == "unknown"
 
@@ -739,7 +720,7 @@ async def test_upload_cap_is_enforced_before_sending(
 
     client, http = client_for(provider, secret_key, handler, capabilities={"max_upload_bytes": 10})
     async with http:
-        with pytest.raises(InputImageError, match="upload limit"):
+        with pytest.raises(errors.InputImageError, match="upload limit"):
             await client.upload(image(100))
     assert calls == 0
 
@@ -752,7 +733,7 @@ async def test_upload_slot_without_url_is_malformed(
 
     client, http = client_for(provider, secret_key, handler)
     async with http:
-        with pytest.raises(MalformedResponseError):
+        with pytest.raises(errors.MalformedResponseError):
             await client.upload(image())
 
 

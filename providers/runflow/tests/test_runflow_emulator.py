@@ -473,4 +473,4 @@ async def test_gpt_image_15_edit_endpoint(
 
 def test_counters_are_exposed(rig: Rig) -> None:
     assert rig.emulator.counters is rig.state.counters
-    assert isinstance(rig.emulator.app.state.runflow, type(rig.state))
+    assert isinstance(rig.emulator.app.state.emulator, type(rig.state))

@@ -12,18 +12,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from PIL import Image
 
-from imagerouter.errors import (
-    ConnectionFailedError,
-    InsufficientCreditsError,
-    InvalidRequestError,
-    MalformedResponseError,
-    ProviderError,
-    ProviderUnavailableError,
-    RateLimitedError,
-    SubmissionUnknownError,
-)
+from imagerouter import errors
 from imagerouter.offers import Offer
 from imagerouter.provider import LoadedImage, TaskSpec, TaskState
+from imagerouter.provider_kit import testing as contract
 
 if TYPE_CHECKING:
     from conftest import Rig
@@ -52,12 +44,12 @@ def png(size: int = 16) -> LoadedImage:
 @pytest.mark.parametrize(
     ("rule", "error", "code", "accepted"),
     [
-        ("create:429", RateLimitedError, "RATE_LIMITED", "no"),
-        ("create:402", InsufficientCreditsError, "INSUFFICIENT_CREDIT", "no"),
-        ("create:503", ProviderUnavailableError, "MODEL_UNAVAILABLE", "no"),
-        ("create:500", ProviderUnavailableError, "INTERNAL_ERROR", "unknown"),
-        ("create:502", ProviderUnavailableError, "BAD_GATEWAY", "unknown"),
-        ("create:422", InvalidRequestError, "VALIDATION_ERROR", "no"),
+        ("create:429", errors.RateLimitedError, "RATE_LIMITED", "no"),
+        ("create:402", errors.InsufficientCreditsError, "INSUFFICIENT_CREDIT", "no"),
+        ("create:503", errors.ProviderUnavailableError, "MODEL_UNAVAILABLE", "no"),
+        ("create:500", errors.ProviderUnavailableError, "INTERNAL_ERROR", "unknown"),
+        ("create:502", errors.ProviderUnavailableError, "BAD_GATEWAY", "unknown"),
+        ("create:422", errors.InvalidRequestError, "VALIDATION_ERROR", "no"),
     ],
 )
 async def test_status_faults_on_create_create_no_run(
@@ -65,7 +57,7 @@ async def test_status_faults_on_create_create_no_run(
     make_offer: MakeOffer,
     make_task: MakeTask,
     rule: str,
-    error: type[ProviderError],
+    error: type[errors.ProviderError],
     code: str,
     accepted: str,
 ) -> None:
@@ -85,9 +77,9 @@ async def test_429_with_and_without_retry_after(
     rig.emulator.options.faults.add("create:seq=429,ok:retry_after=2")
     rig.emulator.options.faults.add("create:seq=ok,429")
     offer = make_offer()
-    with pytest.raises(RateLimitedError) as first:
+    with pytest.raises(errors.RateLimitedError) as first:
         await rig.client.submit(offer, make_task(offer))
-    with pytest.raises(RateLimitedError) as second:
+    with pytest.raises(errors.RateLimitedError) as second:
         await rig.client.submit(offer, make_task(offer))
     assert first.value.retry_after == 2
     assert second.value.retry_after is None
@@ -102,7 +94,7 @@ async def test_reset_before_a_response_is_unknown_but_created_nothing(
     rig.emulator.options.faults.add("create:reset")
     offer = make_offer()
     task = make_task(offer)
-    with pytest.raises(SubmissionUnknownError) as caught:
+    with pytest.raises(errors.SubmissionUnknownError) as caught:
         await rig.client.submit(offer, task)
     assert caught.value.accepted == "unknown"
     assert caught.value.client_ref == task.task_id
@@ -112,20 +104,13 @@ async def test_reset_before_a_response_is_unknown_but_created_nothing(
     assert await rig.client.find(task) is None
 
 
-@pytest.mark.parametrize(
-    ("rule", "error"),
-    [
-        ("create:reset_after_send", SubmissionUnknownError),
-        ("create:created_500", ProviderUnavailableError),
-        ("create:malformed", MalformedResponseError),
-    ],
-)
+@pytest.mark.parametrize(("rule", "error"), contract.AFTER_CREATE_FAULTS)
 async def test_lost_answers_after_a_created_run_are_found_by_client_ref(
     rig: Rig,
     make_offer: MakeOffer,
     make_task: MakeTask,
     rule: str,
-    error: type[ProviderError],
+    error: type[errors.ProviderError],
 ) -> None:
     rig.emulator.options.faults.add(rule)
     offer = make_offer(quality="low", size="1024x640")
@@ -149,7 +134,7 @@ async def test_hang_times_out_as_unknown_and_the_run_exists(
     rig.emulator.options.faults.add("create:hang")
     offer = make_offer()
     task = make_task(offer)
-    with pytest.raises(SubmissionUnknownError) as caught:
+    with pytest.raises(errors.SubmissionUnknownError) as caught:
         await rig.client.submit(offer, task)
     assert caught.value.accepted == "unknown"
     assert rig.emulator.counters.created == 1
@@ -195,7 +180,7 @@ async def test_connection_refused_is_not_accepted(
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         client = rig.client_with(base_url=f"http://127.0.0.1:{port}")
         offer = make_offer()
-        with pytest.raises(ConnectionFailedError) as caught:
+        with pytest.raises(errors.ConnectionFailedError) as caught:
             await client.submit(offer, make_task(offer))
     assert caught.value.accepted == "no"
 
@@ -203,35 +188,34 @@ async def test_connection_refused_is_not_accepted(
 # -- poll and find faults -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("rule", "error"),
-    [
-        ("poll:500", ProviderUnavailableError),
-        ("poll:503", ProviderUnavailableError),
-        ("poll:429", RateLimitedError),
-        ("poll:malformed", MalformedResponseError),
-        ("poll:reset", ConnectionFailedError),
-    ],
-)
+@pytest.mark.parametrize(("rule", "error"), contract.POLL_FAULTS)
 async def test_poll_faults_are_accepted_yes(
-    rig: Rig, make_offer: MakeOffer, make_task: MakeTask, rule: str, error: type[ProviderError]
+    rig: Rig,
+    make_offer: MakeOffer,
+    make_task: MakeTask,
+    rule: str,
+    error: type[errors.ProviderError],
 ) -> None:
     offer = make_offer()
     submission = await rig.client.submit(offer, make_task(offer))
-    rig.emulator.options.faults.add(rule.replace("poll:", "poll:seq="))
-    with pytest.raises(error) as caught:
-        await rig.client.get(submission.poll_ref)
-    assert caught.value.accepted == "yes"
-    # The next poll is fine again.
-    assert (await rig.client.get(submission.poll_ref)).state is TaskState.QUEUED
+    faults = rig.emulator.options.faults
+    after = await contract.check_poll_fault(rig.client, faults, submission.poll_ref, rule, error)
+    assert after.state is TaskState.QUEUED
 
 
 @pytest.mark.parametrize(
     ("rule", "error"),
-    [("find:500", ProviderUnavailableError), ("find:malformed", MalformedResponseError)],
+    [
+        ("find:500", errors.ProviderUnavailableError),
+        ("find:malformed", errors.MalformedResponseError),
+    ],
 )
 async def test_find_faults(
-    rig: Rig, make_offer: MakeOffer, make_task: MakeTask, rule: str, error: type[ProviderError]
+    rig: Rig,
+    make_offer: MakeOffer,
+    make_task: MakeTask,
+    rule: str,
+    error: type[errors.ProviderError],
 ) -> None:
     rig.emulator.options.faults.add(rule)
     offer = make_offer()
@@ -280,28 +264,29 @@ async def test_emulated_storage_refuses_a_put_with_authorization(rig: Rig) -> No
 
 async def test_emulator_upload_cap_is_413(make_rig: MakeRig) -> None:
     rig = await make_rig(max_upload_bytes=100)
-    with pytest.raises(InvalidRequestError) as caught:
+    with pytest.raises(errors.InvalidRequestError) as caught:
         await rig.client.upload(png(64))
     assert caught.value.status_code == 413
 
 
+# Upload fault -> (error, assets confirmed). Runflow's upload is three steps: a fault on
+# the second or third call hits after the first went through.
+UPLOAD_FAULTS: dict[str, tuple[type[errors.ProviderError], int]] = {
+    "upload:503": (errors.ProviderUnavailableError, 0),
+    "upload:401": (errors.ProviderError, 0),
+    "upload:seq=ok,reset": (errors.ProviderUnavailableError, 0),
+    # The confirmation went through; only its answer was lost (a stored, unused asset).
+    "upload:seq=ok,ok,created_500": (errors.ProviderUnavailableError, 1),
+}
+
+
 @pytest.mark.parametrize(
-    ("rule", "error", "confirmed"),
-    [
-        ("upload:503", ProviderUnavailableError, 0),
-        ("upload:401", ProviderError, 0),
-        ("upload:seq=ok,reset", ConnectionFailedError, 0),
-        # The confirmation went through; only its answer was lost (a stored, unused asset).
-        ("upload:seq=ok,ok,created_500", ProviderUnavailableError, 1),
-    ],
+    ("rule", "error", "confirmed"), [(rule, *want) for rule, want in UPLOAD_FAULTS.items()]
 )
 async def test_upload_faults(
-    rig: Rig, rule: str, error: type[ProviderError], confirmed: int
+    rig: Rig, rule: str, error: type[errors.ProviderError], confirmed: int
 ) -> None:
-    rig.emulator.options.faults.add(rule)
-    with pytest.raises(error) as caught:
-        await rig.client.upload(png())
-    assert caught.value.accepted == "no"
+    await contract.check_upload_fault(rig.client, rig.emulator.options.faults, png(), rule, error)
     assert rig.emulator.counters.uploads == confirmed
 
 
@@ -310,13 +295,7 @@ async def test_download_faults(rig: Rig, make_offer: MakeOffer, make_task: MakeT
     submission = await rig.client.submit(offer, make_task(offer))
     rig.finish_runs()
     (url,) = (await rig.client.get(submission.poll_ref)).image_urls
-    whole = (await rig.http.get(url)).content
-    rig.emulator.options.faults.add("download:seq=download_404,truncated")
-    assert (await rig.http.get(url)).status_code == 404
-    truncated = await rig.http.get(url)
-    assert truncated.status_code == 200
-    assert truncated.content == whole[: len(whole) // 2]
-    assert (await rig.http.get(url)).content == whole
+    await contract.check_download_faults(rig.http, rig.emulator.options.faults, url)
     assert rig.emulator.counters.downloads == 3
 
 
@@ -327,7 +306,7 @@ async def test_the_key_appears_in_no_error(
     rig: Rig, make_offer: MakeOffer, make_task: MakeTask
 ) -> None:
     offer = make_offer()
-    caught: list[ProviderError] = []
+    caught: list[errors.ProviderError] = []
     wrong = rig.client_with(api_key=rig.key + "x")
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: wrong.submit(offer, make_task(offer)),
@@ -336,7 +315,7 @@ async def test_the_key_appears_in_no_error(
     for rule in ("create:500", "create:429", "create:reset", "create:malformed", "find:503"):
         calls.append(functools.partial(_faulted, rig, rule, offer, make_task(offer)))
     for call in calls:
-        with pytest.raises(ProviderError) as info:
+        with pytest.raises(errors.ProviderError) as info:
             await call()
         caught.append(info.value)
     assert len(caught) == 7
