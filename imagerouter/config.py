@@ -294,6 +294,9 @@ class GatewaySettings(_Section):
     url_secret: SecretStr | None = None
     # Extra model names clients may send, each mapped to a model or tier: `{my-model: gpt-image-2}`.
     model_aliases: dict[str, str] = Field(default_factory=dict)
+    # Seconds between the sweeper's passes (collects dead processes' paid jobs, resume.py);
+    # its fleet lease (shared.url) lapses after three of them once its holder dies.
+    sweep_interval_s: float = Field(default=60.0, gt=0)
 
     _expand = _field_validator("output_dir")(_expand_user)
 

@@ -3,9 +3,13 @@ of the emulators, and the sweeper lease. Real servers on 127.0.0.1 (see tests/co
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,12 @@ import pytest
 import redis
 import yaml
 
+from imagerouter import Router
 from imagerouter.clock import FakeClock
+from imagerouter.config import load_config
 from imagerouter.emulated import Emulators
-from imagerouter.emulation import FaultPlan
+from imagerouter.emulation import FaultPlan, LatencyModel
+from imagerouter.plugins import Plugins
 from imagerouter.stores.shared_lease import RedisLease, SqliteLease
 
 from .conftest import base_config
@@ -205,3 +212,150 @@ def test_an_idempotent_retry_on_another_replica_gets_the_first_answer(
             finally:
                 if process.poll() is None:
                     process.kill()
+
+
+# -- the issue's scale: 60 concurrent requests, and a replica SIGKILLed with paid jobs ------
+
+
+def _fleet_config(emulators: Emulators, tmp_path: Path, prefix: str, pg: str) -> dict[str, Any]:
+    """Three replicas' config: one backend (so a reservation is exactly what a job costs)."""
+    data: dict[str, Any] = base_config(tmp_path)
+    for name in ("runapi", "runflow"):
+        data["providers"][name].update(
+            base_url=emulators.url(name), api_key=emulators.keys[name], poll_deadline=30
+        )
+    data.update(
+        ledger={"url": pg},
+        shared={"url": REDIS_URL, "prefix": prefix},
+        tiers={"t": [{"provider": "runflow", "model": "gpt-image-2"}]},
+        default_tier="t",
+    )
+    return data
+
+
+def _price(data: dict[str, Any], plugins: Plugins) -> Decimal:
+    """What one request costs, from a quote (no paid call)."""
+    router = Router(load_config(data, known_providers=plugins.providers()), plugins=plugins)
+    try:
+        offer = next(o for o in router.quote("a cat") if o.eligible)
+    finally:
+        router.close()
+    assert offer.total_usd is not None and offer.total_usd > 0
+    return offer.total_usd
+
+
+def _stop(replicas: list[subprocess.Popen[bytes]]) -> None:
+    for process in replicas:
+        if process.poll() is None:
+            process.terminate()
+    for process in replicas:
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_sixty_requests_over_three_replicas_a_budget_for_twenty_serves_twenty(
+    emulators: Emulators,
+    plugins: Plugins,
+    tmp_path: Path,
+    prefix: str,
+    pg_url: str,  # noqa: F811
+) -> None:
+    data = _fleet_config(emulators, tmp_path, prefix, pg_url)
+    price = _price(data, plugins)
+    data["budget"] = {"total_usd": str(price * 20)}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    logs = [tmp_path / f"r{i}.log" for i in range(3)]
+    replicas = [_start(config, log) for log in logs]
+    try:
+        bases = [
+            f"http://127.0.0.1:{_wait_for_port(log, p)}"
+            for log, p in zip(logs, replicas, strict=True)
+        ]
+
+        def call(i: int) -> tuple[int, str]:
+            with httpx.Client(base_url=bases[i % 3], timeout=60) as http:
+                answer = http.post("/v1/images/generations", json={"prompt": f"cat {i}"})
+                return answer.status_code, answer.text
+
+        with ThreadPoolExecutor(60) as pool:
+            answers = list(pool.map(call, range(60)))
+        codes = [code for code, _ in answers]
+        assert codes.count(200) == 20, (answers, [log.read_text() for log in logs])
+        assert codes.count(429) == 40, answers  # refused: the budget is spent
+        counters = emulators.apps["runflow"].counters.snapshot()
+        assert emulators.created() == {"runapi": 0, "runflow": 20}  # paid creates = served
+        assert counters["billed_usd"] == price * 20  # and no job was billed twice
+        assert counters["replayed"] == 0
+    finally:
+        _stop(replicas)
+
+
+def test_a_replica_killed_with_paid_jobs_in_flight_has_them_collected_by_another(
+    emulators: Emulators,
+    plugins: Plugins,
+    tmp_path: Path,
+    prefix: str,
+    pg_url: str,  # noqa: F811
+) -> None:
+    data = _fleet_config(emulators, tmp_path, prefix, pg_url)
+    data["gateway"] = {"sweep_interval_s": 0.5}  # the lease lapses 1.5 s after its holder died
+    price = _price(data, plugins)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    # Jobs run long enough to be in flight when the replica dies.
+    emulators.apps["runflow"].options.latency = LatencyModel.parse("fixed:3")
+    logs = [tmp_path / f"r{i}.log" for i in range(3)]
+    replicas = [_start(config, logs[0])]
+    jobs = 6
+    try:
+        base = f"http://127.0.0.1:{_wait_for_port(logs[0], replicas[0])}"
+        # The replica that will die holds the sweeper's lease: the others must take it over.
+        lease = redis.Redis.from_url(REDIS_URL)
+        deadline = time.monotonic() + 30
+        while not lease.exists(f"{prefix}lease:sweeper"):
+            assert time.monotonic() < deadline, logs[0].read_text()
+            time.sleep(0.05)
+        lease.close()
+        replicas += [_start(config, log) for log in logs[1:]]
+        for log, process in zip(logs[1:], replicas[1:], strict=True):
+            _wait_for_port(log, process)
+
+        def call(i: int) -> int | str:
+            try:
+                with httpx.Client(base_url=base, timeout=60) as http:
+                    return http.post(
+                        "/v1/images/generations", json={"prompt": f"fox {i}"}
+                    ).status_code
+            except httpx.HTTPError as exc:  # the replica died under it
+                return type(exc).__name__
+
+        with ThreadPoolExecutor(jobs) as pool:
+            pending = [pool.submit(call, i) for i in range(jobs)]
+            deadline = time.monotonic() + 30
+            while sum(emulators.created().values()) < jobs:  # every paid create is in flight
+                assert time.monotonic() < deadline, emulators.created()
+                time.sleep(0.01)
+            replicas[0].send_signal(signal.SIGKILL)
+            replicas[0].wait(timeout=30)  # reaped: its pid is gone, its jobs have no owner
+            results = [future.result() for future in pending]
+        out = Path(data["output"]["dir"])
+        # The jobs run 3 s: the dead replica saved none, so what is on disk later another saved.
+        assert not list(out.rglob("*.png"))
+        assert 200 not in results, results  # none was served by the dead replica
+
+        deadline = time.monotonic() + 60  # the issue: every paid image on disk within a minute
+        while len(list(out.rglob("*.png"))) < jobs:
+            assert time.monotonic() < deadline, (
+                list(out.rglob("*")),
+                [log.read_text() for log in logs],
+            )
+            time.sleep(0.05)
+        counters = emulators.apps["runflow"].counters.snapshot()
+        assert len(list(out.rglob("*.png"))) == jobs == emulators.created()["runflow"]
+        assert counters["billed_usd"] == price * jobs  # 0 double charges
+    finally:
+        _stop(replicas)

@@ -44,11 +44,10 @@ def test_a_job_is_accepted_at_once_and_served_by_id(
     slow_emulators(emulators, 0.4)
     served = serve_gateway()
     http = served.http()
-    started = time.monotonic()
     accepted = http.post("/v1/images/jobs", json={"prompt": "a fox", "n": 2})
-    assert time.monotonic() - started < 0.3  # did not wait for the 0.4 s job
     assert accepted.status_code == 202
     job = accepted.json()
+    # Not a timing: a gateway that waited for the 0.4 s job would answer it as finished.
     assert job["object"] == "image.job" and job["status"] in ("queued", "running")
     assert accepted.headers["location"] == f"/v1/images/jobs/{job['id']}"
 

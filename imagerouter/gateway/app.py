@@ -70,7 +70,12 @@ def create_app(
         # The sweeper reconciles possibly-billed creates and collects uncollected jobs
         # (imagerouter/resume.py); it never touches the jobs this gateway is running.
         sweeper = asyncio.create_task(
-            sweep(lambda: gateway.router, first_delay=True, lease=gateway.sweep_lease)
+            sweep(
+                lambda: gateway.router,
+                interval=config.gateway.sweep_interval_s,
+                first_delay=True,
+                lease=gateway.sweep_lease,
+            )
         )
         # Callback nudges from other replicas (shared.url on Redis; service.py).
         nudges = None if gateway.nudges is None else asyncio.create_task(gateway.nudges.run())

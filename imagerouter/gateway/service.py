@@ -78,7 +78,11 @@ class Gateway:
         # One sweeper per fleet (stores/shared_lease.py); None with shared.url: memory.
         from ..stores.shared_lease import lease_for
 
-        self.sweep_lease = lease_for(config.shared.url, prefix=config.shared.prefix)
+        self.sweep_lease = lease_for(
+            config.shared.url,
+            prefix=config.shared.prefix,
+            ttl_s=3 * config.gateway.sweep_interval_s,  # a live holder renews in time
+        )
         # Jobs and file ids also go to the ledger (jobs.py JobRecords), for other replicas.
         self.files = FileStore(ledger_of=self._ledger)
         self.jobs = JobStore(records=JobRecords(self._ledger, self.files))

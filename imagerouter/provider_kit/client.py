@@ -103,7 +103,7 @@ class HttpClient(ProviderClient):
     ) -> ProviderError:
         """The error a non-2xx `response` to `call` raises."""
         body = self.parse_error(response)
-        return error_from_status(
+        error = error_from_status(
             response,
             provider=self.provider.name,
             title=self.provider.title,
@@ -115,6 +115,14 @@ class HttpClient(ProviderClient):
             client_ref=client_ref,
             nothing_created=self.nothing_created(response, body),
         )
+        return self.refine_error(error, response, body)
+
+    def refine_error(
+        self, error: ProviderError, response: httpx.Response, body: ErrorBody
+    ) -> ProviderError:
+        """The error `error_for` raises, given the generic one: a plugin returns another for
+        a provider's own meaning of an answer (a 429 that is really "out of quota")."""
+        return error
 
     # -- the one attempt ------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ HTTP to its emulator as the router would, and never sleep to move time.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,7 +25,16 @@ from imagerouter.errors import (
     RateLimitedError,
     SubmissionUnknownError,
 )
-from imagerouter.provider import LoadedImage, ProviderClient, ProviderSettings, TaskStatus
+from imagerouter.offers import Offer
+from imagerouter.provider import (
+    LoadedImage,
+    Provider,
+    ProviderClient,
+    ProviderSettings,
+    TaskSpec,
+    TaskStatus,
+)
+from imagerouter.request import ImageRequest
 
 __all__ = [
     "AFTER_CREATE_FAULTS",
@@ -36,8 +45,10 @@ __all__ = [
     "check_poll_fault",
     "check_upload_fault",
     "make_settings",
+    "offer_maker",
     "serve_switch",
     "shared_ssl_context",
+    "task_maker",
 ]
 
 # Create faults that strike after the job exists (imagerouter.emulation.answer_after_create)
@@ -109,6 +120,44 @@ def shared_ssl_context() -> ssl.SSLContext:
 def make_settings(key: str, base_url: str, **fields: Any) -> ProviderSettings:
     """`providers.<name>` settings pointing a client at an emulator with this key."""
     return ProviderSettings(api_key=SecretStr(key), base_url=base_url, **fields)
+
+
+def offer_maker(provider: Provider, *, prompt: str = "a red fox") -> Callable[..., Offer]:
+    """`build(**request_fields) -> Offer`: the provider's one eligible offer for an
+    `ImageRequest.build(...)` at its shipped prices and capabilities (asserts eligible)."""
+
+    def build(**fields: Any) -> Offer:
+        request = ImageRequest.build(prompt=fields.pop("prompt", prompt), **fields)
+        (offer,) = provider.offers(
+            request, prices=provider.price_table(), capabilities=provider.capabilities()
+        )
+        assert offer.eligible, offer.reason
+        return offer
+
+    return build
+
+
+def task_maker(**defaults: Any) -> Callable[..., TaskSpec]:
+    """`build(offer, **fields) -> TaskSpec`: the task the router would hand a client for
+    `offer`, with numbered task ids and idempotency keys; `defaults` and `fields` override."""
+    counter = iter(range(1, 1_000_000))
+
+    def build(offer: Offer, **fields: Any) -> TaskSpec:
+        number = next(counter)
+        base: dict[str, Any] = {
+            "task_id": f"task-{number:04d}",
+            "idempotency_key": f"idem-{number:04d}",
+            "prompt": "a red fox",
+            "model": offer.model,
+            "operation": offer.operation,
+            "num_images": offer.batches[0],
+            "params": dict(offer.params),
+            **defaults,
+        }
+        base.update(fields)
+        return TaskSpec(**base)
+
+    return build
 
 
 async def check_poll_fault(

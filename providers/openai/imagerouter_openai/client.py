@@ -27,7 +27,6 @@ from imagerouter.errors import (
     ProviderError,
 )
 from imagerouter.provider_kit import (
-    Call,
     ErrorBody,
     HttpClient,
     LoadedImage,
@@ -119,14 +118,13 @@ class OpenAIClient(HttpClient):
     def parse_error(self, response: httpx.Response) -> ErrorBody:
         """`{"error": {message, type, param, code}}`: the code falls back to the type, and
         a content refusal names the prompt (so the router never fails it over)."""
-        data = json_or_none(response)
-        error = data.get("error") if isinstance(data, Mapping) else None
-        if not isinstance(error, Mapping):
+        error = _error_fields(response)
+        if not error:
             return ErrorBody()
         said = str(error.get("message") or f"HTTP {response.status_code}")
         code = error.get("code") or error.get("type")
         param = error.get("param")
-        if code in _POLICY_CODES or error.get("type") == "image_generation_user_error":
+        if _is_refusal(error):
             return ErrorBody(
                 message=said, code=str(code or "moderation_blocked"), fields={"prompt": [said]}
             )
@@ -141,29 +139,22 @@ class OpenAIClient(HttpClient):
         # answering after OpenAI started the job.
         return response.status_code == 503
 
-    def error_for(
-        self,
-        response: httpx.Response,
-        *,
-        call: Call,
-        task_id: str | None = None,
-        client_ref: str | None = None,
+    def refine_error(
+        self, error: ProviderError, response: httpx.Response, body: ErrorBody
     ) -> ProviderError:
-        error = super().error_for(response, call=call, task_id=task_id, client_ref=client_ref)
-        body = self.parse_error(response)
         common: dict[str, Any] = {
             "provider": error.provider,
             "status_code": error.status_code,
             "request_id": error.request_id,
             "code": error.code,
             "body": error.body,
-            "client_ref": client_ref,
+            "client_ref": error.client_ref,
         }
         said = self.redact(body.message or f"HTTP {response.status_code}")
         if response.status_code == 429 and body.code == "insufficient_quota":
             # OpenAI's "out of quota" is a 429 that waiting does not fix.
             return InsufficientCreditsError(f"OpenAI account is out of quota: {said}", **common)
-        if "prompt" in body.fields and isinstance(error, InvalidRequestError):
+        if isinstance(error, InvalidRequestError) and _is_refusal(_error_fields(response)):
             return InvalidRequestError(
                 f"OpenAI's safety system refused the request: {said}",
                 fields=body.fields,
@@ -360,6 +351,19 @@ def _form_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _error_fields(response: httpx.Response) -> Mapping[str, Any]:
+    """OpenAI's `{"error": {message, type, param, code}}`, or {} for another body."""
+    data = json_or_none(response)
+    error = data.get("error") if isinstance(data, Mapping) else None
+    return error if isinstance(error, Mapping) else {}
+
+
+def _is_refusal(error: Mapping[str, Any]) -> bool:
+    """A refusal of the content itself (another backend would refuse it too)."""
+    code = error.get("code") or error.get("type")
+    return code in _POLICY_CODES or error.get("type") == "image_generation_user_error"
 
 
 def _excerpt(response: httpx.Response, body: bytes) -> httpx.Response:

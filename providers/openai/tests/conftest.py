@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from imagerouter.emulation import EmulatorApp, EmulatorOptions, EmulatorServer, LatencyModel
 from imagerouter.offers import Offer
 from imagerouter.provider import ProviderSettings, TaskSpec
-from imagerouter.request import ImageRequest
+from imagerouter.provider_kit.testing import offer_maker, task_maker
 
 SECRET_KEY = "sk-proj-TOPSECRETkey0123456789abcdef"
 
@@ -56,37 +56,12 @@ def provider() -> OpenAIProvider:
 
 @pytest.fixture
 def make_offer(provider: OpenAIProvider) -> Callable[..., Offer]:
-    def build(**fields: Any) -> Offer:
-        request = ImageRequest.build(prompt=fields.pop("prompt", "a red fox"), **fields)
-        (offer,) = provider.offers(
-            request, prices=provider.price_table(), capabilities=provider.capabilities()
-        )
-        assert offer.eligible, offer.reason
-        return offer
-
-    return build
+    return offer_maker(provider)
 
 
 @pytest.fixture
 def make_task(tmp_path: Any) -> Callable[..., TaskSpec]:
-    counter = iter(range(1, 10_000))
-
-    def build(offer: Offer, **fields: Any) -> TaskSpec:
-        number = next(counter)
-        base: dict[str, Any] = {
-            "task_id": f"task-{number:04d}",
-            "idempotency_key": f"idem-{number:04d}",
-            "prompt": "a red fox",
-            "model": offer.model,
-            "operation": offer.operation,
-            "num_images": offer.batches[0],
-            "params": dict(offer.params),
-            "scratch_dir": str(tmp_path / "scratch"),
-        }
-        base.update(fields)
-        return TaskSpec(**base)
-
-    return build
+    return task_maker(scratch_dir=str(tmp_path / "scratch"))
 
 
 @pytest.fixture

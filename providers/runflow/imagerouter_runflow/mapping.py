@@ -287,7 +287,11 @@ def _gpt_image_2_size(
                 params["image_size"] = {"width": width, "height": height}
                 return f"{width}x{height}"
         width, height = snap_size(
-            geometry.width, geometry.height, rules.multiple, notes, title="Runflow",
+            geometry.width,
+            geometry.height,
+            rules.multiple,
+            notes,
+            title="Runflow",
             verb="rounded to",
         )
     problem = size_problem(width, height, rules)

@@ -19,8 +19,14 @@ from pydantic import SecretStr
 from imagerouter.emulation import EmulatorApp, EmulatorServer, LatencyModel
 from imagerouter.offers import Offer
 from imagerouter.provider import ProviderSettings, TaskSpec
-from imagerouter.provider_kit.testing import FakeClock, SwitchApp, serve_switch, shared_ssl_context
-from imagerouter.request import ImageRequest
+from imagerouter.provider_kit.testing import (
+    FakeClock,
+    SwitchApp,
+    offer_maker,
+    serve_switch,
+    shared_ssl_context,
+    task_maker,
+)
 
 SECRET_KEY = "rf_live_TOPSECRETkey0123456789"
 
@@ -32,36 +38,12 @@ def provider() -> RunflowProvider:
 
 @pytest.fixture
 def make_offer(provider: RunflowProvider) -> Callable[..., Offer]:
-    def build(**fields: Any) -> Offer:
-        request = ImageRequest.build(prompt=fields.pop("prompt", "a red fox"), **fields)
-        (offer,) = provider.offers(
-            request, prices=provider.price_table(), capabilities=provider.capabilities()
-        )
-        assert offer.eligible, offer.reason
-        return offer
-
-    return build
+    return offer_maker(provider)
 
 
 @pytest.fixture
 def make_task() -> Callable[..., TaskSpec]:
-    counter = iter(range(1, 10_000))
-
-    def build(offer: Offer, **fields: Any) -> TaskSpec:
-        number = next(counter)
-        base: dict[str, Any] = {
-            "task_id": f"task-{number:04d}",
-            "idempotency_key": f"idem-{number:04d}",
-            "prompt": "a red fox",
-            "model": offer.model,
-            "operation": offer.operation,
-            "num_images": offer.batches[0],
-            "params": dict(offer.params),
-        }
-        base.update(fields)
-        return TaskSpec(**base)
-
-    return build
+    return task_maker()
 
 
 @pytest.fixture
