@@ -3,6 +3,7 @@
 - the contract (`Provider`, `ProviderClient` and the values they pass), re-exported;
 - `HttpClient`, a wire-client base: one attempt per call, transport errors mapped to
   "never sent" / "sent, outcome unknown", status-to-error mapping, key redaction;
+- `batched_offer` / `split_images`, offers for n images in calls of a limited size;
 - `provider_hook`, a plugin's `register_providers` in one line;
 - parsing of Retry-After and USD amounts, loading a plugin's YAML data, one deep merge;
 - `imagerouter.provider_kit.testing`: pytest helpers (a fake clock, loopback emulators).
@@ -26,6 +27,7 @@ from imagerouter.provider import (
     TaskStatus,
 )
 
+from .batching import batched_offer, split_images
 from .client import HttpClient
 from .data import deep_merge, load_yaml
 from .errors import (
@@ -61,6 +63,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "accepted_for",
+    "batched_offer",
     "deep_merge",
     "error_from_status",
     "error_from_transport",
@@ -73,4 +76,5 @@ __all__ = [
     "provider_hook",
     "retry_after_of",
     "snap_size",
+    "split_images",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 from imagerouter.geometry import pixels_for
 from imagerouter.offers import Offer
 from imagerouter.pricing import PriceTable
-from imagerouter.provider_kit import snap_size
+from imagerouter.provider_kit import batched_offer, snap_size, split_images
 from imagerouter.request import ImageRequest
 
 from .tokens import TokenRates, estimate_text_tokens, output_tokens
@@ -34,11 +34,7 @@ class _Ineligible(Exception):
         self.reason = reason
 
 
-def split_requests(n: int, per_request: int) -> tuple[int, ...]:
-    """n images in calls of at most `per_request`: 12 by 10 -> (10, 2)."""
-    per_request = max(1, per_request)
-    full, rest = divmod(n, per_request)
-    return (per_request,) * full + ((rest,) if rest else ())
+split_requests = split_images  # n images in calls of at most a limit: 12 by 10 -> (10, 2)
 
 
 def size_problem(width: int, height: int, rules: Mapping[str, Any]) -> str | None:
@@ -114,17 +110,15 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
 
     # A stream carries one image's events (n > 1 in a stream is undocumented): one per call.
     per_call = 1 if params.get("stream") else int(caps.get("max_images_per_request", 10))
-    batches = split_requests(request.n, per_call)
-    if len(batches) > 1:
-        notes.append(f"OpenAI makes at most {batches[0]} images per call: {len(batches)} calls")
-    params["n"] = batches[0]
-    return Offer.priced(
+    return batched_offer(
         PROVIDER,
         request,
         params=params,
-        batches=batches,
+        count_param="n",
+        per_call=per_call,
         per_image_usd=price,
-        notes=tuple(notes),
+        notes=notes,
+        split_note="OpenAI makes at most {per_call} images per call: {calls} calls",
         delivered_size=size,
     )
 

@@ -26,7 +26,7 @@ from typing import Any
 from imagerouter.geometry import Ratio, nearest_ratio, pixels_for, resolution_class
 from imagerouter.offers import Offer
 from imagerouter.pricing import PriceTable
-from imagerouter.provider_kit import deep_merge, snap_size
+from imagerouter.provider_kit import batched_offer, deep_merge, snap_size, split_images
 from imagerouter.request import ImageRequest
 
 __all__ = [
@@ -131,11 +131,7 @@ def prompt_fits_15(prompt: str, caps: Mapping[str, Any]) -> bool:
     return int(limits[0]) <= len(prompt) <= int(limits[1])
 
 
-def split_runs(n: int, per_run: int) -> tuple[int, ...]:
-    """n images in runs of at most `per_run`: 10 by 4 -> (4, 4, 2)."""
-    per_run = max(1, per_run)
-    full, rest = divmod(n, per_run)
-    return (per_run,) * full + ((rest,) if rest else ())
+split_runs = split_images  # n images in runs of at most a limit: 10 by 4 -> (4, 4, 2)
 
 
 class _Ineligible(Exception):
@@ -192,11 +188,6 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
             f"no price for {request.model} {request.operation} {quality} {price_dims or ''}".strip()
         )
 
-    per_run = int(caps["max_images_per_run"])
-    batches = split_runs(request.n, per_run)
-    if len(batches) > 1:
-        notes.append(f"Runflow allows at most {per_run} images per run: {len(batches)} runs")
-    params["num_images"] = batches[0]
     if (
         request.input_fidelity is not None
         and request.model == "gpt-image-1.5"
@@ -205,13 +196,15 @@ def _build(request: ImageRequest, prices: PriceTable, caps: Mapping[str, Any]) -
         params["input_fidelity"] = request.input_fidelity
     if request.mask is not None and request.model == "gpt-image-1.5":
         notes.append("gpt-image-1.5 edit's mask field is inferred as mask_url")
-    return Offer.priced(
+    return batched_offer(
         PROVIDER,
         request,
         params=params,
-        batches=batches,
+        count_param="num_images",
+        per_call=int(caps["max_images_per_run"]),
         per_image_usd=price,
-        notes=tuple(notes),
+        notes=notes,
+        split_note="Runflow allows at most {per_call} images per run: {calls} runs",
         delivered_size=_delivered(params.get("image_size")),
     )
 
