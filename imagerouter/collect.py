@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .result import SavedImage
     from .urls import HostPolicy
 
-__all__ = ["DOWNLOAD_ATTEMPTS", "ImageSink", "save_image"]
+__all__ = ["DOWNLOAD_ATTEMPTS", "ImageSink", "record_saved", "save_image"]
 
 DOWNLOAD_ATTEMPTS = 8  # GETs are free: a flaky download gets many tries before we give up
 
@@ -102,19 +102,33 @@ async def save_image(
             task_id=provider_task_id,
         ) from None
     if ledger is not None:
-        await ledger.aio.image_saved(
-            task_id,
-            index=index,
-            path=str(image.path),
-            sha256=image.sha256,
-            source_url=url,
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            size_bytes=image.size_bytes,
-            url_expires_at=url_expires_at,
-        )
+        await record_saved(ledger, task_id, index, image, source_url=url,
+                           url_expires_at=url_expires_at)
     return image
+
+
+async def record_saved(
+    ledger: Ledger,
+    task_id: str,
+    index: int,
+    image: SavedImage,
+    *,
+    source_url: str,
+    url_expires_at: datetime | None = None,
+) -> None:
+    """The image's ledger row, written only once its file is in place."""
+    await ledger.aio.image_saved(
+        task_id,
+        index=index,
+        path=str(image.path),
+        sha256=image.sha256,
+        source_url=source_url,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        size_bytes=image.size_bytes,
+        url_expires_at=url_expires_at,
+    )
 
 
 _ELSEWHERE = " (`imagerouter resume --output-dir DIR` saves it elsewhere)"

@@ -27,7 +27,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .clock import Clock, Sleep
-from .collect import ImageSink, save_image
+from .collect import ImageSink, record_saved, save_image
 from .download import adopt_image
 from .errors import (
     AuthenticationError,
@@ -588,18 +588,7 @@ async def _adopt(
                 exc.args = (exc._render(),)
                 raise
             if ctx.ledger is not None:
-                await ctx.ledger.aio.image_saved(
-                    task_id,
-                    index=position,
-                    path=str(image.path),
-                    sha256=image.sha256,
-                    source_url=source,
-                    width=image.width,
-                    height=image.height,
-                    format=image.format,
-                    size_bytes=image.size_bytes,
-                    url_expires_at=None,
-                )
+                await record_saved(ctx.ledger, task_id, position, image, source_url=source)
             saved.append(image)
     finally:
         for temp in files[len(saved) :]:

@@ -37,6 +37,10 @@ class HttpClient(ProviderClient):
 
     # Response header that carries the provider's request id, if it sends one.
     request_id_header: str = "x-request-id"
+    # A header naming the provider's task id on error answers (None: the provider sends none).
+    task_id_header: str | None = None
+    # Per-status phrases replacing the generic ones in error messages ({409: "refused ..."}).
+    error_hints: Mapping[int, str] = {}
 
     def __init__(
         self,
@@ -89,6 +93,12 @@ class HttpClient(ProviderClient):
         value = response.headers.get(self.request_id_header)
         return str(value) if value else None
 
+    def task_id_of(self, response: httpx.Response, given: str | None) -> str | None:
+        """The task an answer is about: the one the call named, else `task_id_header`'s."""
+        if given or self.task_id_header is None:
+            return given
+        return response.headers.get(self.task_id_header) or None
+
     def nothing_created(self, response: httpx.Response, body: ErrorBody) -> bool:
         """True when a 5xx answer says no job was created (a provider's "no capacity")."""
         return False
@@ -111,9 +121,10 @@ class HttpClient(ProviderClient):
             body=body,
             redact=self.redact,
             request_id=self.request_id_of(response),
-            task_id=task_id,
+            task_id=self.task_id_of(response, task_id),
             client_ref=client_ref,
             nothing_created=self.nothing_created(response, body),
+            hints=self.error_hints or None,
         )
         return self.refine_error(error, response, body)
 
@@ -253,7 +264,7 @@ class HttpClient(ProviderClient):
             call=call,
             redact=self.redact,
             request_id=self.request_id_of(response),
-            task_id=task_id,
+            task_id=self.task_id_of(response, task_id),
             client_ref=client_ref,
         )
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from imagerouter.errors import ProviderError
 from imagerouter.provider import FreeCheck, LoadedImage, Submission, TaskSpec, TaskState, TaskStatus
-from imagerouter.provider_kit import Call, ErrorBody, HttpClient, error_from_status
+from imagerouter.provider_kit import ErrorBody, HttpClient
 
 from .wire import (
     ACTIONS,
@@ -43,6 +43,9 @@ _TASK_HEADER = "x-runapi-task-id"
 
 class RunAPIClient(HttpClient):
     """Talks to one RunAPI base URL with one key. The router owns `http` (never closed here)."""
+
+    task_id_header = _TASK_HEADER
+    error_hints = {409: "refused a reused Idempotency-Key with different input"}
 
     def __init__(
         self,
@@ -157,50 +160,15 @@ class RunAPIClient(HttpClient):
     # -- the kit's hooks ---------------------------------------------------------------------
 
     def parse_error(self, response: httpx.Response) -> ErrorBody:
-        return parse_error_body(response.text)
+        body = parse_error_body(response.text)
+        if response.status_code == 409 and not body.code:
+            # A bare 409 on a create is RunAPI refusing a reused Idempotency-Key.
+            body = ErrorBody(body.message, "idempotency_conflict", body.fields)
+        return body
 
     def nothing_created(self, response: httpx.Response, body: ErrorBody) -> bool:
         # RunAPI's 503 "no channel" says no upstream took the job: nothing was created.
         return response.status_code == 503 and (body.message or "").strip() == NO_CHANNEL
-
-    def error_for(
-        self,
-        response: httpx.Response,
-        *,
-        call: Call,
-        task_id: str | None = None,
-        client_ref: str | None = None,
-    ) -> ProviderError:
-        body = self.parse_error(response)
-        if response.status_code == 409 and not body.code:
-            body = ErrorBody(body.message, "idempotency_conflict", body.fields)
-        return error_from_status(
-            response,
-            provider=self.provider.name,
-            title=self.provider.title,
-            call=call,
-            body=body,
-            redact=self.redact,
-            request_id=self.request_id_of(response),
-            task_id=task_id or response.headers.get(_TASK_HEADER),
-            client_ref=client_ref,
-            nothing_created=self.nothing_created(response, body),
-            hints={409: "refused a reused Idempotency-Key with different input"},
-        )
-
-    def malformed(
-        self,
-        response: httpx.Response,
-        why: str,
-        *,
-        call: Call,
-        task_id: str | None = None,
-        client_ref: str | None = None,
-    ) -> ProviderError:
-        return super().malformed(
-            response, why, call=call, task_id=task_id or response.headers.get(_TASK_HEADER),
-            client_ref=client_ref,
-        )
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
