@@ -137,6 +137,31 @@ class HttpClient(ProviderClient):
 
     # -- the one attempt ------------------------------------------------------------------
 
+    def url_of(self, path: str) -> str:
+        """`base_url + path`, or `path` itself when it is an absolute URL."""
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    def transport_error(
+        self,
+        exc: httpx.RequestError,
+        *,
+        call: Call,
+        task_id: str | None,
+        client_ref: str | None,
+        answered: bool = False,
+    ) -> ProviderError:
+        """The core error for a request that got no (complete) answer."""
+        return error_from_transport(
+            exc,
+            provider=self.provider.name,
+            title=self.provider.title,
+            call=call,
+            redact=self.redact,
+            task_id=task_id,
+            client_ref=client_ref,
+            answered=answered,
+        )
+
     async def send(
         self,
         method: str,
@@ -153,7 +178,7 @@ class HttpClient(ProviderClient):
         for a transport failure or a non-2xx answer; returns any 2xx response.
         `authenticated=False` sends no `request_headers()` (a presigned storage URL must
         never see the key)."""
-        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        url = self.url_of(path)
         base = self.request_headers() if authenticated else {"User-Agent": self.user_agent}
         try:
             response = await self._http.request(
@@ -165,14 +190,8 @@ class HttpClient(ProviderClient):
                 **kwargs,
             )
         except httpx.TransportError as exc:
-            raise error_from_transport(
-                exc,
-                provider=self.provider.name,
-                title=self.provider.title,
-                call=call,
-                redact=self.redact,
-                task_id=task_id,
-                client_ref=client_ref,
+            raise self.transport_error(
+                exc, call=call, task_id=task_id, client_ref=client_ref
             ) from None
         if not response.is_success:
             raise self.error_for(response, call=call, task_id=task_id, client_ref=client_ref)
@@ -194,7 +213,7 @@ class HttpClient(ProviderClient):
         gets a 2xx response whose body it iterates. A non-2xx answer raises `error_for` (on
         its first `ERROR_BODY_LIMIT` bytes); a transport failure, before or while the block
         reads, raises the core error (`answered` once a 2xx status line had come)."""
-        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        url = self.url_of(path)
         answered = False
         try:
             async with self._http.stream(
@@ -215,15 +234,8 @@ class HttpClient(ProviderClient):
                 answered = True
                 yield response
         except httpx.RequestError as exc:
-            raise error_from_transport(
-                exc,
-                provider=self.provider.name,
-                title=self.provider.title,
-                call=call,
-                redact=self.redact,
-                task_id=task_id,
-                client_ref=client_ref,
-                answered=answered,
+            raise self.transport_error(
+                exc, call=call, task_id=task_id, client_ref=client_ref, answered=answered
             ) from None
 
     def json_object(
