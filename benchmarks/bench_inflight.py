@@ -12,12 +12,14 @@ the table also counts ledger writes and the transactions (fsyncs) they were comm
 
     python benchmarks/bench_inflight.py              # 30-75 s
     python benchmarks/bench_inflight.py --jobs 200   # smaller
+    python benchmarks/bench_inflight.py --attribute  # + what the loop thread spent its time on
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -37,6 +39,7 @@ from _common import (
     rss_mb,
     start_emulators,
 )
+from _loop_attribution import LoopAttribution
 
 from imagerouter import Router
 from imagerouter.config import load_config
@@ -53,6 +56,7 @@ class Ticker:
 
     def __init__(self) -> None:
         self.lags: list[float] = []
+        self.windows: list[tuple[float, float]] = []  # (deadline, woke), loop clock
         self._stop = False
 
     async def run(self) -> None:
@@ -60,7 +64,9 @@ class Ticker:
         while not self._stop:
             start = loop.time()
             await asyncio.sleep(TICK_S)
-            self.lags.append(max(0.0, loop.time() - start - TICK_S))
+            woke = loop.time()
+            self.lags.append(max(0.0, woke - start - TICK_S))
+            self.windows.append((start + TICK_S, woke))
 
     def stop(self) -> None:
         self._stop = True
@@ -73,7 +79,7 @@ def _request(index: int) -> dict[str, Any]:
     )
 
 
-async def _run(jobs: int, ledger: bool) -> dict[str, Any]:
+async def _run(jobs: int, ledger: bool, attribution: LoopAttribution | None) -> dict[str, Any]:
     plugins = Plugins.load()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -93,6 +99,9 @@ async def _run(jobs: int, ledger: bool) -> dict[str, Any]:
         await router.agenerate("warm-up")  # imports, connections, memoized quotes
         await router.agenerate("warm-up", quality="low")
         before_mb = rss_mb()
+        if attribution is not None:
+            attribution.install(asyncio.get_running_loop())
+            attribution.start()
         ticker = Ticker()
         ticking = asyncio.ensure_future(ticker.run())
         started = time.perf_counter()
@@ -105,6 +114,9 @@ async def _run(jobs: int, ledger: bool) -> dict[str, Any]:
         cpu = time.process_time() - cpu_before
         ticker.stop()
         await ticking
+        if attribution is not None:
+            attribution.stop()
+            attribution.uninstall()
         peak = peak_rss_mb()
         writes = router.ledger._writes if router.ledger is not None else None
         commits = (writes.commits, writes.writes) if writes is not None else (0, 0)
@@ -125,6 +137,7 @@ async def _run(jobs: int, ledger: bool) -> dict[str, Any]:
         "before_mb": before_mb,
         "peak_mb": peak,
         "lags_ms": [lag * 1000 for lag in ticker.lags],
+        "windows": ticker.windows,
         "counters": emulators.counters,
         "commits": commits,
     }
@@ -136,9 +149,17 @@ def main() -> None:
     parser.add_argument(
         "--no-ledger", action="store_true", help="diagnosis: the same run without the ledger"
     )
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="diagnosis: record what the loop thread runs, per callback and per iteration",
+    )
     args = parser.parse_args()
     emit(f"machine: {machine()}")
-    out = asyncio.run(_run(args.jobs, not args.no_ledger))
+    attribution = LoopAttribution() if args.attribute else None
+    load_before = os.getloadavg()
+    out = asyncio.run(_run(args.jobs, not args.no_ledger, attribution))
+    load_after = os.getloadavg()
     lags = out["lags_ms"]
     polls = sum(c.get("polls", 0) for c in out["counters"].values())
     created = sum(c.get("created", 0) for c in out["counters"].values())
@@ -193,7 +214,8 @@ def main() -> None:
         emit(f"failure: {type(failure).__name__}: {failure}")
     notes = [
         "Lag is how late a 10 ms `asyncio.sleep` wakes up while the jobs run; the target is "
-        "read as its p99 (the max is listed too)."
+        "read as its p99 (the max is listed too).",
+        f"Load average (1 min) before / after the run: {load_before[0]:.2f} / {load_after[0]:.2f}.",
     ]
     emit()
     emit("---- paste into docs/performance.md ----")
@@ -202,6 +224,10 @@ def main() -> None:
     if args.no_ledger:
         title += " (diagnosis: ledger off)"
         command += " --no-ledger"
+    if attribution is not None:
+        title += " (with --attribute: instrumented, a few us more CPU per callback)"
+        command += " --attribute"
+        notes.append(attribution.report(out["windows"]))
     emit(paste_block(title, command, table, notes))
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .budget import Reservation
     from .execution import OfferOutcome
     from .offers import Offer
-    from .router import Router
+    from .route_deps import RouteDeps
 
 __all__ = ["AttemptState", "record_attempt"]
 
@@ -40,7 +40,7 @@ class AttemptState(Protocol):
 
 
 async def record_attempt(
-    router: Router,
+    deps: RouteDeps,
     state: AttemptState,
     offer: Offer,
     outcome: OfferOutcome,
@@ -54,7 +54,7 @@ async def record_attempt(
     verdicts = [classify(error) for error in outcome.errors]
     possibly_billed = sum(
         count
-        for error, verdict, count in _error_counts(router, offer, outcome, verdicts)
+        for error, verdict, count in _error_counts(deps, offer, outcome, verdicts)
         if verdict.possibly_billed or (isinstance(error, ProviderError) and _billed_anyway(error))
     )
     quoted_spend = per_image * (delivered + possibly_billed)
@@ -63,11 +63,11 @@ async def record_attempt(
         if outcome.billed_usd is None
         else outcome.billed_usd + per_image * possibly_billed
     )
-    if router.budget is not None and reservation is not None:
+    if deps.budget is not None and reservation is not None:
         if spend > 0:
-            await router.budget.ledger.aio.call(router.budget.settle, reservation, spend)
+            await deps.budget.ledger.aio.call(deps.budget.settle, reservation, spend)
         else:
-            await router.budget.ledger.aio.call(router.budget.release, reservation)
+            await deps.budget.ledger.aio.call(deps.budget.release, reservation)
     state.images.extend(outcome.images)
     state.remaining -= delivered
     state.task_ids.extend(outcome.task_ids)
@@ -78,17 +78,17 @@ async def record_attempt(
         state.served_by = offer
     # Health: a delivered task proves the backend works; otherwise the first error decides.
     if delivered:
-        router.health.record_success(offer.backend, outcome.latency_s)
+        deps.health.record_success(offer.backend, outcome.latency_s)
     elif verdicts:
         verdict = verdicts[0]
         if verdict.health == FailureKind.REQUEST:
-            router.health.release(offer.backend)
+            deps.health.release(offer.backend)
         else:
-            router.health.record_failure(
+            deps.health.record_failure(
                 offer.backend, verdict.health, retry_after=verdict.retry_after
             )
     else:
-        router.health.release(offer.backend)
+        deps.health.release(offer.backend)
     first_error = outcome.errors[0] if outcome.errors else None
     accepted = verdicts[0].accepted if verdicts else "yes"
     if delivered and outcome.errors:
@@ -108,8 +108,8 @@ async def record_attempt(
     state.attempts.append(record)
     if first_error is not None:
         state.last_error = first_error
-    if router.ledger is not None:
-        await router.ledger.aio.end_attempt(
+    if deps.ledger is not None:
+        await deps.ledger.aio.end_attempt(
             attempt_id,
             outcome=outcome_name,
             accepted=accepted,
@@ -131,7 +131,7 @@ async def record_attempt(
         elapsed,
         record.error_type,
     )
-    router.emit(
+    deps.emit(
         "on_attempt",
         event=AttemptEvent(
             request_id=state.request_id,
@@ -152,11 +152,11 @@ async def record_attempt(
 
 
 def _error_counts(
-    router: Router, offer: Offer, outcome: OfferOutcome, verdicts: list[Verdict]
+    deps: RouteDeps, offer: Offer, outcome: OfferOutcome, verdicts: list[Verdict]
 ) -> list[tuple[BaseException, Verdict, int]]:
     # Errors carry no per-task size, so each failed task counts the images one task of this
     # offer makes at most, as its provider says (exact for one image a task, else a bound).
-    entry = router.catalog.entries.get(offer.provider)
+    entry = deps.catalog.entries.get(offer.provider)
     size = entry.provider.images_per_task(offer) if entry else max(offer.batches[:1] or [1])
     return [(error, verdict, size) for error, verdict in zip(outcome.errors, verdicts, strict=True)]
 

@@ -238,7 +238,7 @@ async def route_with_cache(
 
     if not cache_wanted(router, use_cache):
         return await route_request(
-            router, request, inputs, mask, output_dir, progress, request_id=request_id
+            router.deps, request, inputs, mask, output_dir, progress, request_id=request_id
         )
     assert router.ledger is not None
     cache = ResultCache(router.ledger, ttl_s=router.config.cache.ttl)
@@ -275,7 +275,7 @@ async def route_with_cache(
         )
         return answered
     result = await route_request(
-        router, request, inputs, mask, output_dir, progress, request_id=request_id
+        router.deps, request, inputs, mask, output_dir, progress, request_id=request_id
     )
     await asyncio.to_thread(cache.store, key, result)
     return result

@@ -10,6 +10,7 @@ ImageRouterError
 ├── BudgetExceededError          the request does not fit a cost limit; nothing was sent
 ├── IdempotencyConflictError     an idempotency key reused for a different request
 ├── IdempotentRequestFailedError the first call with this idempotency key failed after paying
+├── LedgerUnavailableError       the ledger's server cannot be reached; nothing paid was started
 └── ProviderError                something went wrong with a provider (carries `accepted`)
     ├── AuthenticationError          401/403: the key is wrong or lacks a scope   accepted=no
     ├── InsufficientCreditsError     402: out of credit                            accepted=no
@@ -32,6 +33,7 @@ provider's request id and a truncated body, never the request or its headers.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,6 +58,7 @@ __all__ = [
     "InvalidRequestError",
     "JobFailedError",
     "JobTimedOutError",
+    "LedgerUnavailableError",
     "MalformedResponseError",
     "MissingApiKeyError",
     "NoEligibleOfferError",
@@ -173,6 +176,13 @@ class IdempotentRequestFailedError(ImageRouterError):
 
 
 _BODY_LIMIT = 300
+
+
+class LedgerUnavailableError(ImageRouterError, sqlite3.OperationalError):
+    """The ledger cannot be read or written: its PostgreSQL server refuses connections, or
+    dropped one mid-write. Budgets fail closed: a request whose writes fail this way stops
+    before any paid call. Also a `sqlite3.OperationalError`, which the ledger's callers
+    already handle. The message names the server (password redacted), never a secret."""
 
 
 class ProviderError(ImageRouterError):

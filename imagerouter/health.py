@@ -381,6 +381,11 @@ class HealthTracker:
             record.trial_in_flight = False
             record.trial_started_at = None
 
+    def close(self) -> None:
+        """Close the store (a shared one pushes what it still holds). The Router calls this
+        for the tracker it built."""
+        self.store.close()
+
     def __repr__(self) -> str:
         return f"HealthTracker({self.policy!r}, store={self.store!r})"
 

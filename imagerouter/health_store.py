@@ -2,7 +2,7 @@
 
 Plain data only; the rules that read and change a record live in `imagerouter.health`. The
 record is numbers, strings and lists so a shared store (SQLite, Redis) can serialize it with
-`to_dict` / `from_dict`; `MemoryHealthStore` is the in-process store used today.
+`to_dict` / `from_dict`; `MemoryHealthStore` is the in-process store (`shared.url: memory`).
 
 Times in a record are readings of the tracker's clock. The default clock is monotonic and
 means nothing outside its process, so a store shared between processes must be used with a
@@ -244,10 +244,15 @@ class HealthStore(Protocol):
     """Keeps one BackendHealth per backend: in memory (this module), in a SQLite file or in
     Redis (imagerouter.stores.shared_sqlite / shared_redis; `shared.url` picks one).
 
-    `update` is the only way the tracker writes: it reads the record, lets `change` edit it
-    and stores it only if nobody else wrote it in between (a compare-and-set, retried), so
-    processes sharing a store never lose each other's verdicts. `change` may run more than
-    once and must not have side effects beyond the record.
+    Every method is called on the routing path (any thread, often an event loop's), so none
+    may wait for the network or a file: the shared stores answer from a local mirror and
+    exchange records with the shared copy on a thread of their own (stores/shared_mirror.py).
+
+    `update` is the only way the tracker writes: `change` edits the record and its result is
+    returned. A shared store applies it to its mirror at once and later to the shared record
+    with a compare-and-set, running `change` again on the fresh record if another process
+    wrote in between, so processes never lose each other's verdicts. `change` may therefore
+    run more than once and must not have side effects beyond the record.
     """
 
     def get(self, key: BackendKey) -> BackendHealth | None:
@@ -260,7 +265,10 @@ class HealthStore(Protocol):
         """Every stored record."""
 
     def update(self, key: BackendKey, change: Callable[[BackendHealth], T]) -> T:
-        """Atomically apply `change` to the record (a fresh one if never seen); its result."""
+        """Apply `change` to the record (a fresh one if never seen); its result."""
+
+    def close(self) -> None:
+        """Hand what is still queued to the shared copy and stop; idempotent."""
 
 
 class MemoryHealthStore:
@@ -290,6 +298,9 @@ class MemoryHealthStore:
             result = change(record)
             self._records[key] = record
             return result
+
+    def close(self) -> None:
+        """Nothing to hand on: the records live and die with the process."""
 
     def __repr__(self) -> str:
         return f"MemoryHealthStore({len(self._records)} backends)"

@@ -20,7 +20,9 @@ Keys are stored only as a hash of (scope, key): the scope is the gateway API key
 came with (or "" for the Python API), so two tenants' keys never collide, and neither the
 caller's key nor the API key is ever written down. Rows are kept `KEY_TTL` (24 hours) after
 the request was made and again after it finished; expired rows are purged as keys are
-claimed.
+claimed. A row names the process that claimed it by owner id (`ledger_owners`): a replica on
+another host, or a later process that got the same PID, tells from it whether the claim's
+process still runs (`owner_alive`), never from the PID alone.
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ from .errors import (
     IdempotentRequestFailedError,
     RequestValidationError,
 )
+from .ledger_owners import (
+    OWNER_COLUMNS,
+    OwnerSeen,
+    clock_sql,
+    owner_alive,
+    owner_seen,
+    this_process,
+)
 from .ledger_reports import iso
-from .reconcile import owner_alive
 from .result import AttemptRecord, GenerationResult, SavedImage
 
 if TYPE_CHECKING:
@@ -69,8 +78,8 @@ KEY_TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255  # Stripe's and OpenAI's limit for Idempotency-Key
 POLL_INTERVAL_S = 0.25  # how often a repeat looks at the ledger while the first call runs
 
-# Claims this process is running now; a `running` row of this pid not in here was left by
-# an earlier process that had the same pid.
+# Claims this process is running now; a `running` row of this process not in here is one
+# this process gave up (a cancelled call whose row could not be closed).
 _LIVE_CLAIMS: set[str] = set()
 
 
@@ -154,6 +163,8 @@ class KeyRecord:
     claim: str
     result: GenerationResult | None
     error: str | None
+    owner_id: str | None = None  # None: claimed before m008 (judged by owner_pid alone)
+    owner: OwnerSeen | None = None  # the owner row, with the ledger's clock when read
 
 
 def _utc_now() -> datetime:
@@ -179,16 +190,15 @@ class IdempotencyStore:
                 "DELETE FROM idempotency_keys WHERE expires_at < ? AND state != ?",
                 (iso(now), KeyState.RUNNING.value),
             )
-            row = conn.execute(
-                "SELECT * FROM idempotency_keys WHERE key_hash = ?", (key.key_hash,)
-            ).fetchone()
+            row = conn.execute(_select(conn), (key.key_hash,)).fetchone()
             if row is None:
+                owner_id = self._ledger.owners.register(conn)
                 conn.execute(
                     "INSERT INTO idempotency_keys (key_hash, fingerprint, state, operation,"
-                    " request_id, owner_pid, claim, created_at, updated_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " request_id, owner_pid, claim, created_at, updated_at, expires_at,"
+                    " owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (key.key_hash, fingerprint, KeyState.RUNNING.value, operation, request_id,
-                     os.getpid(), token, iso(now), iso(now), iso(now + KEY_TTL)),
+                     os.getpid(), token, iso(now), iso(now), iso(now + KEY_TTL), owner_id),
                 )
                 _LIVE_CLAIMS.add(token)
                 return Claim(key, token, request_id)
@@ -203,9 +213,7 @@ class IdempotencyStore:
 
     def lookup(self, key: IdempotencyKey) -> KeyRecord | None:
         with self._ledger.reading() as conn:
-            row = conn.execute(
-                "SELECT * FROM idempotency_keys WHERE key_hash = ?", (key.key_hash,)
-            ).fetchone()
+            row = conn.execute(_select(conn), (key.key_hash,)).fetchone()
         return None if row is None else _record(row)
 
     def succeeded(self, claim: Claim, result: GenerationResult) -> None:
@@ -248,10 +256,14 @@ class IdempotencyStore:
         )
 
     def is_orphan(self, record: KeyRecord) -> bool:
-        """A `running` row nobody runs any more (its process is gone)."""
-        if record.owner_pid == os.getpid():
+        """A `running` row nobody runs any more (its process is gone, or, in this process,
+        its call is)."""
+        me = this_process()
+        if record.owner_id == me.owner_id or (
+            record.owner_id is None and record.owner_pid == me.pid
+        ):
             return record.claim not in _LIVE_CLAIMS
-        return not owner_alive("running", record.owner_pid)
+        return not owner_alive("running", record.owner_pid, record.owner)
 
     def _finish(self, claim: Claim, sql: str, params: Sequence[Any]) -> None:
         try:
@@ -273,6 +285,15 @@ class IdempotencyStore:
         return row is not None
 
 
+def _select(conn: Any) -> str:
+    """One key's row, with its owner row and the ledger's clock (for `is_orphan`)."""
+    return (
+        f"SELECT k.*, {OWNER_COLUMNS}, {clock_sql(conn)} AS ledger_now"  # noqa: S608 - constants only
+        " FROM idempotency_keys k LEFT JOIN owners o ON o.id = k.owner_id"
+        " WHERE k.key_hash = ?"
+    )
+
+
 def _record(row: Any) -> KeyRecord:
     result_json = row["result_json"]
     return KeyRecord(
@@ -283,6 +304,8 @@ def _record(row: Any) -> KeyRecord:
         claim=row["claim"],
         result=None if result_json is None else result_from_dict(json.loads(result_json)),
         error=row["error"],
+        owner_id=row["owner_id"],
+        owner=owner_seen(row),
     )
 
 

@@ -47,7 +47,8 @@ from . import ledger_recovery as recovery
 from . import ledger_reports as reports
 from .errors import BudgetExceededError
 from .ledger_commit import GroupCommit
-from .ledger_recovery import OpenRequest, UnknownTask
+from .ledger_owners import OwnerRegistry
+from .ledger_recovery import OpenRequest, RequestOwner, UnknownTask
 from .ledger_reports import (
     HistoryRow,
     SpendRow,
@@ -151,6 +152,8 @@ class Ledger:
         self._writes = GroupCommit(self._conn, self._lock)
         self._aio: AsyncLedger | None = None
         self._aio_lock = threading.Lock()
+        # This process's owner row and heartbeat, started by the first request written.
+        self.owners = OwnerRegistry(self)
 
     def _connect(self) -> sqlite3.Connection:
         """The one connection, configured and migrated (PgLedger opens PostgreSQL instead)."""
@@ -198,6 +201,7 @@ class Ledger:
     def close(self) -> None:
         if self._aio is not None:
             self._aio.close()  # drains the writer's queue first
+        self.owners.close()
         with self._lock:
             self._writes.flush()
             self._conn.close()
@@ -252,13 +256,17 @@ class Ledger:
         `mcp_client`: the MCP client's name when it came through `imagerouter mcp`."""
         now = self._stamp()
         with self._tx() as conn:
+            # An owner id only for this process: an explicit `owner_pid` is someone else's.
+            owner_id = self.owners.register(conn) if owner_pid is None else None
             conn.execute(
                 "INSERT INTO requests (id, created_at, updated_at, status, operation, model,"
                 " tier, prompt, request_json, output_dir, quoted_usd, owner_pid, key_name,"
-                " mcp_client) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " mcp_client, owner_id)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request_id, now, now, operation, model, tier, prompt, _json(dict(request)),
                  output_dir, money_text(quoted_usd),
-                 os.getpid() if owner_pid is None else owner_pid, key_name, mcp_client),
+                 os.getpid() if owner_pid is None else owner_pid, key_name, mcp_client,
+                 owner_id),
             )
 
     def begin_attempt(
@@ -597,7 +605,7 @@ class Ledger:
         with self.reading() as conn:
             return recovery.orphan_reservations(conn)
 
-    def request_owners(self, request_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    def request_owners(self, request_ids: Sequence[str]) -> dict[str, RequestOwner]:
         with self.reading() as conn:
             return recovery.request_owners(conn, request_ids)
 

@@ -4,6 +4,8 @@
 whose create may have reached the provider without our learning its id, requests a dead
 process left open, and reservations nothing was ever sent for. Each function takes the
 ledger's connection; `Ledger` holds its lock around the call (as for `ledger_reports`).
+Rows that name a request's owner come with its owner row and the ledger's clock, read in the
+same query (`ledger_owners.owner_seen`), which is what `owner_alive` decides from.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from .ledger_owners import OWNER_COLUMNS, OwnerSeen, clock_sql, owner_seen
 from .ledger_reports import output_format_of, parse_iso
 
 __all__ = [
     "OpenRequest",
+    "RequestOwner",
     "UnknownTask",
     "open_requests",
     "orphan_reservations",
@@ -50,6 +54,7 @@ class UnknownTask:
     created_at: datetime
     checks: int
     checked_at: datetime | None
+    owner: OwnerSeen | None = None  # the request's owner row (None: written before m008)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class OpenRequest:
     owner_pid: int | None
     num_images: int
     saved_images: int
+    owner: OwnerSeen | None = None
+
+
+# (status, owner pid, owner row) of a request: `owner_alive(*owner)` says if it still runs.
+RequestOwner = tuple[str, int | None, OwnerSeen | None]
 
 
 def unknown_tasks(
@@ -69,8 +79,10 @@ def unknown_tasks(
     """Tasks whose create may have reached the provider without us learning its id
     (`unknown`, or `submitting` left by a dead process), least recently checked first."""
     sql = (
-        "SELECT t.*, r.output_dir, r.request_json, r.status AS request_status,"
-        " r.owner_pid FROM tasks t JOIN requests r ON r.id = t.request_id"
+        "SELECT t.*, r.output_dir, r.request_json, r.status AS request_status,"  # noqa: S608 - constants only
+        f" r.owner_pid, r.owner_id, {OWNER_COLUMNS}, {clock_sql(conn)} AS ledger_now"
+        " FROM tasks t JOIN requests r ON r.id = t.request_id"
+        " LEFT JOIN owners o ON o.id = r.owner_id"
         " WHERE t.provider_task_id IS NULL AND t.state IN ('unknown', 'submitting')"
     )
     params: list[Any] = []
@@ -101,6 +113,7 @@ def unknown_tasks(
             created_at=datetime.fromisoformat(row["created_at"]),
             checks=row["checks"],
             checked_at=parse_iso(row["checked_at"]),
+            owner=owner_seen(row),
         )
         for row in conn.execute(sql, params).fetchall()
     ]
@@ -109,9 +122,11 @@ def unknown_tasks(
 def open_requests(conn: sqlite3.Connection) -> list[OpenRequest]:
     """Requests still `running`, or interrupted ones with a reservation still open."""
     rows = conn.execute(
-        "SELECT r.id, r.status, r.owner_pid, r.request_json,"
+        "SELECT r.id, r.status, r.owner_pid, r.owner_id, r.request_json,"  # noqa: S608 - constants only
+        f" {OWNER_COLUMNS}, {clock_sql(conn)} AS ledger_now,"
         " (SELECT COUNT(*) FROM images i WHERE i.request_id = r.id) AS saved"
-        " FROM requests r WHERE r.status = 'running' OR EXISTS (SELECT 1 FROM"
+        " FROM requests r LEFT JOIN owners o ON o.id = r.owner_id"
+        " WHERE r.status = 'running' OR EXISTS (SELECT 1 FROM"
         " reservations v WHERE v.request_id = r.id AND v.state = 'open')"
         " ORDER BY r.created_at, r.rowid"
     ).fetchall()
@@ -126,6 +141,7 @@ def open_requests(conn: sqlite3.Connection) -> list[OpenRequest]:
                 owner_pid=row["owner_pid"],
                 num_images=int(n) if isinstance(n, int) else 1,
                 saved_images=row["saved"],
+                owner=owner_seen(row),
             )
         )
     return found
@@ -143,13 +159,16 @@ def orphan_reservations(conn: sqlite3.Connection) -> list[str]:
 
 def request_owners(
     conn: sqlite3.Connection, request_ids: Sequence[str]
-) -> dict[str, tuple[str, int | None]]:
-    """(status, owner pid) of each of these requests."""
-    owners: dict[str, tuple[str, int | None]] = {}
+) -> dict[str, RequestOwner]:
+    """(status, owner pid, owner row) of each of these requests."""
+    owners: dict[str, RequestOwner] = {}
+    sql = (
+        f"SELECT r.status, r.owner_pid, r.owner_id, {OWNER_COLUMNS},"  # noqa: S608 - constants only
+        f" {clock_sql(conn)} AS ledger_now FROM requests r"
+        " LEFT JOIN owners o ON o.id = r.owner_id WHERE r.id = ?"
+    )
     for request_id in set(request_ids):
-        row = conn.execute(
-            "SELECT status, owner_pid FROM requests WHERE id = ?", (request_id,)
-        ).fetchone()
+        row = conn.execute(sql, (request_id,)).fetchone()
         if row is not None:
-            owners[request_id] = (row["status"], row["owner_pid"])
+            owners[request_id] = (row["status"], row["owner_pid"], owner_seen(row))
     return owners

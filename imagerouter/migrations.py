@@ -12,6 +12,7 @@ holds a key, header or any other credential.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
@@ -324,3 +325,56 @@ def m009_gateway_jobs(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX gateway_files_job ON gateway_files (job_id)")
+
+
+@migration
+def m008_owners(conn: sqlite3.Connection) -> None:
+    # Who runs a request (imagerouter/ledger_owners.py): one row per process that writes
+    # requests, renewed by a heartbeat, so a replica on another host (where a PID means
+    # nothing) or after a restart (PIDs are reused) can tell a live owner from a dead one.
+    # `seen_at` is epoch seconds by the ledger's own clock (PostgreSQL's, for a fleet), the
+    # one timestamp here compared by arithmetic. `id` is a random token; no credential here.
+    conn.execute(
+        """
+        CREATE TABLE owners (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,              -- hostname, for people
+            host_key TEXT NOT NULL,          -- boot id and PID namespace: where `pid` means it
+            pid INTEGER NOT NULL,
+            proc_start TEXT,                 -- the kernel's start time of `pid` (Linux)
+            started_at TEXT NOT NULL,
+            seen_at REAL NOT NULL            -- the last heartbeat, ledger clock, epoch s
+        )
+        """
+    )
+    # Rows written before this keep NULL and are judged by `owner_pid` alone.
+    conn.execute("ALTER TABLE requests ADD COLUMN owner_id TEXT")
+    conn.execute("ALTER TABLE idempotency_keys ADD COLUMN owner_id TEXT")
+
+
+@migration
+def m010_gateway_job_links(conn: sqlite3.Connection) -> None:
+    # A gateway job names the ledger request it runs as and the process (owner row) running
+    # it, so the sweeper can end the job of a replica killed mid-job from what its request
+    # became (gateway/jobs.py); `created_at` lists every replica's jobs newest first.
+    conn.execute("ALTER TABLE gateway_jobs ADD COLUMN request_id TEXT")
+    conn.execute("ALTER TABLE gateway_jobs ADD COLUMN owner_id TEXT")
+    conn.execute("ALTER TABLE gateway_jobs ADD COLUMN created_at REAL")
+    # Older rows: the request id and creation time their summary holds (in Python, so the
+    # one SQL text serves both backends; there are few such rows).
+    rows = conn.execute("SELECT id, summary_json, updated_at FROM gateway_jobs").fetchall()
+    for job_id, summary_json, updated_at in rows:
+        try:
+            summary = json.loads(summary_json)
+        except ValueError:
+            summary = {}
+        request_id = summary.get("request_id") if isinstance(summary, dict) else None
+        created = summary.get("created") if isinstance(summary, dict) else None
+        conn.execute(
+            "UPDATE gateway_jobs SET request_id = ?, created_at = ? WHERE id = ?",
+            (request_id if isinstance(request_id, str) else None,
+             float(created) if isinstance(created, int | float) else float(updated_at), job_id),
+        )
+    conn.execute("CREATE INDEX gateway_jobs_request ON gateway_jobs (request_id)")
+    conn.execute("CREATE INDEX gateway_jobs_created ON gateway_jobs (created_at)")
+    conn.execute("CREATE INDEX gateway_jobs_status ON gateway_jobs (status)")

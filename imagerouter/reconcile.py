@@ -12,7 +12,6 @@ task proven absent becomes `not_sent` (and its reservation is settled again).
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,12 +20,13 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .errors import ProviderError
+from .ledger_owners import owner_alive  # whether a request's process still runs it
 from .provider import Submission, TaskSpec
 from .urls import strip_credentials
 
 if TYPE_CHECKING:
     from .ledger import Ledger, UnknownTask
-    from .router import Router
+    from .route_deps import RouteDeps
 
 __all__ = [
     "ABSENT_AFTER_S",
@@ -113,37 +113,19 @@ def task_from_spec(record: UnknownTask) -> TaskSpec:
     )
 
 
-def owner_alive(status: str, owner_pid: int | None) -> bool:
-    """Whether a live process still runs this request (so its tasks are not ours to touch).
-    Only `running` requests have a live owner; an unknown pid (an old ledger) counts as dead."""
-    if status != "running" or owner_pid is None:
-        return False
-    if owner_pid == os.getpid():
-        return True
-    try:
-        os.kill(owner_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process with that pid: assume it is alive
-    except OSError:
-        return False
-    return True
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 async def reconcile_unknown(
-    router: Router, record: UnknownTask, *, now: datetime | None = None
+    deps: RouteDeps, record: UnknownTask, *, now: datetime | None = None
 ) -> tuple[Reconciled, Submission | None, str]:
     """Look one unknown task up by the provider's own means; record what that settles."""
-    ledger = router.ledger
+    ledger = deps.ledger
     assert ledger is not None
-    if record.provider not in router.catalog.entries:
+    if record.provider not in deps.catalog.entries:
         return Reconciled.UNKNOWN, None, f"provider {record.provider} is not installed"
-    provider = router.provider(record.provider)
+    provider = deps.provider(record.provider)
     moment = now or _utc_now()
     age = (moment - record.created_at).total_seconds()
     window = provider.reconcile_window_s
@@ -167,7 +149,7 @@ async def reconcile_unknown(
         )
     task = task_from_spec(record)
     try:
-        found = await router.client_for(record.provider).reconcile(task)
+        found = await deps.client_for(record.provider).reconcile(task)
     except NotImplementedError:
         return Reconciled.UNKNOWN, None, f"{provider.name} has no way to look a task up"
     except ProviderError as exc:
@@ -195,13 +177,13 @@ async def reconcile_unknown(
     return Reconciled.FOUND, found, f"found: {provider.name} task {found.task_id}"
 
 
-def due(router: Router, provider: str) -> bool:
+def due(deps: RouteDeps, provider: str) -> bool:
     """Whether a request to `provider` should look its unknown tasks up first (rate limit)."""
-    last = router.recovery.checked_at.get(provider)
-    now = router.clock()
+    last = deps.recovery.checked_at.get(provider)
+    now = deps.clock()
     if last is not None and now - last < RECHECK_S:
         return False
-    router.recovery.checked_at[provider] = now
+    deps.recovery.checked_at[provider] = now
     return True
 
 
@@ -210,5 +192,5 @@ def pending(ledger: Ledger, provider: str) -> list[UnknownTask]:
     return [
         task
         for task in ledger.unknown_tasks(provider=provider, limit=PER_REQUEST * 4)
-        if not owner_alive(task.request_status, task.owner_pid)
+        if not owner_alive(task.request_status, task.owner_pid, task.owner)
     ][:PER_REQUEST]

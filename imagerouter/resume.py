@@ -30,10 +30,11 @@ from .collect import ImageSink, save_image
 from .errors import ImageRouterError, ProviderError
 from .geometry import parse_size
 from .reconcile import PER_REQUEST, Reconciled, due, owner_alive, pending, reconcile_unknown
+from .route_deps import as_deps
 
 if TYPE_CHECKING:
     from .ledger import Ledger, UncollectedTask, UnknownTask
-    from .router import Router
+    from .route_deps import HasDeps, RouteDeps
 
 __all__ = [
     "SWEEP_INTERVAL_S",
@@ -67,20 +68,22 @@ class ResumeOutcome:
 
 
 async def resume_uncollected(
-    router: Router, *, output_dir: Path | None = None
+    source: RouteDeps | HasDeps, *, output_dir: Path | None = None
 ) -> list[ResumeOutcome]:
-    """One resume pass (see the module docstring). `output_dir` collects into another
-    directory than each request's own (a full disk, a moved folder)."""
-    ledger = router.ledger
+    """One resume pass (see the module docstring). `source`: the Router's deps, or a
+    Router. `output_dir` collects into another directory than each request's own (a full
+    disk, a moved folder)."""
+    deps = as_deps(source)
+    ledger = deps.ledger
     if ledger is None:
         raise ImageRouterError("resume needs the ledger (ledger.enabled: true)")
     outcomes: list[ResumeOutcome] = []
     touched: set[str] = set()
     for unknown in await ledger.aio.unknown_tasks():
-        if owner_alive(unknown.request_status, unknown.owner_pid):
+        if owner_alive(unknown.request_status, unknown.owner_pid, unknown.owner):
             continue
         outcome = await _guarded(
-            router, unknown.task_id, unknown.provider, partial(_reconcile_one, router, unknown)
+            deps, unknown.task_id, unknown.provider, partial(_reconcile_one, deps, unknown)
         )
         if outcome is not None:
             if outcome.state != "unknown":
@@ -89,7 +92,7 @@ async def resume_uncollected(
                 outcomes.append(outcome)
     for task in await _collectable(ledger):
         outcome = await _guarded(
-            router, task.task_id, task.provider, partial(_resume_one, router, task, output_dir)
+            deps, task.task_id, task.provider, partial(_resume_one, deps, task, output_dir)
         )
         if outcome is not None:
             outcomes.append(outcome)
@@ -98,19 +101,19 @@ async def resume_uncollected(
     return outcomes
 
 
-async def reconcile_backend(router: Router, provider: str) -> list[ResumeOutcome]:
+async def reconcile_backend(deps: RouteDeps, provider: str) -> list[ResumeOutcome]:
     """Before a request is sent to `provider`: look up to `PER_REQUEST` of its unknown
     tasks (at most every `RECHECK_S` seconds), and collect those found finished. Cheap when
     there are none (one indexed query), and never raises."""
-    ledger = router.ledger
-    if ledger is None or not due(router, provider):
+    ledger = deps.ledger
+    if ledger is None or not due(deps, provider):
         return []
     try:
         records = await ledger.aio.call(pending, ledger, provider)
         outcomes = []
         for record in records[:PER_REQUEST]:
             outcome = await _guarded(
-                router, record.task_id, provider, partial(_reconcile_one, router, record)
+                deps, record.task_id, provider, partial(_reconcile_one, deps, record)
             )
             if outcome is None or outcome.state == "unknown":
                 continue
@@ -118,7 +121,7 @@ async def reconcile_backend(router: Router, provider: str) -> list[ResumeOutcome
                 for task in await ledger.aio.uncollected():
                     if task.task_id == record.task_id:
                         outcome = await _guarded(
-                            router, task.task_id, provider, partial(_resume_one, router, task, None)
+                            deps, task.task_id, provider, partial(_resume_one, deps, task, None)
                         )
                         break
             if outcome is not None:
@@ -131,7 +134,7 @@ async def reconcile_backend(router: Router, provider: str) -> list[ResumeOutcome
 
 
 async def sweep(
-    router_of: Callable[[], Router],
+    deps_of: Callable[[], RouteDeps | HasDeps],
     *,
     interval: float | None = None,
     sleep: Sleep | None = None,
@@ -140,26 +143,27 @@ async def sweep(
     lease: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Run a resume pass every `interval` seconds (default `SWEEP_INTERVAL_S`; the
-    gateway's sweeper) until cancelled, or `passes` times. `router_of` gives the Router when
-    a pass runs (the gateway builds its own lazily); `sleep` defaults to the router's own, so
-    tests that inject one never wait on wall time. Without a ledger there is nothing to
-    sweep; a failing pass is logged and the next one runs anyway. `first_delay`: wait one
-    interval before the first pass. `lease`: a pass runs only when it returns True (one
-    sweeper at a time in a fleet: stores/shared_lease.py)."""
+    gateway's sweeper) until cancelled, or `passes` times. `deps_of` gives the deps (or a
+    Router) when a pass runs: the gateway builds its Router lazily, and asking each pass
+    picks up a rebuilt one. `sleep` defaults to the deps' own, so tests that inject one never
+    wait on wall time. Without a ledger there is nothing to sweep; a failing pass is logged
+    and the next one runs anyway. `first_delay`: wait one interval before the first pass.
+    `lease`: a pass runs only when it returns True (one sweeper at a time in a fleet:
+    stores/shared_lease.py)."""
     every = SWEEP_INTERVAL_S if interval is None else interval
     done = 0
     while passes is None or done < passes:
-        router = _built(router_of)
+        deps = _built(deps_of)
         if done or first_delay:
-            await (sleep or (router.sleep if router is not None else system_sleep))(every)
-            router = router or _built(router_of)
+            await (sleep or (deps.sleep if deps is not None else system_sleep))(every)
+            deps = _built(deps_of) or deps  # the freshest: rebuilt while we slept?
         done += 1
-        if router is None or router.ledger is None:
+        if deps is None or deps.ledger is None:
             continue
         if lease is not None and not await lease():
             continue  # another replica's sweeper holds the lease
         try:
-            for outcome in await resume_uncollected(router):
+            for outcome in await resume_uncollected(deps):
                 log.info("sweeper: %s (%s): %s %s", outcome.task_id, outcome.provider,
                          outcome.state, outcome.detail)
         except asyncio.CancelledError:
@@ -168,9 +172,9 @@ async def sweep(
             log.warning("sweeper pass failed", exc_info=True)
 
 
-def _built(router_of: Callable[[], Router]) -> Router | None:
+def _built(deps_of: Callable[[], RouteDeps | HasDeps]) -> RouteDeps | None:
     try:
-        return router_of()
+        return as_deps(deps_of())
     except Exception:
         log.warning("sweeper: no router", exc_info=True)
         return None
@@ -180,14 +184,14 @@ def _built(router_of: Callable[[], Router]) -> Router | None:
 
 
 async def _guarded(
-    router: Router,
+    deps: RouteDeps,
     task_id: str,
     provider: str,
     work: Callable[[], Awaitable[ResumeOutcome]],
 ) -> ResumeOutcome | None:
     """Run one task's recovery; None when another coroutine of this router is already on
     it. Any failure is that task's outcome, never the end of the pass."""
-    busy = router.recovery.busy
+    busy = deps.recovery.busy
     if task_id in busy:
         return None
     busy.add(task_id)
@@ -205,8 +209,8 @@ async def _guarded(
         busy.discard(task_id)
 
 
-async def _reconcile_one(router: Router, record: UnknownTask) -> ResumeOutcome:
-    verdict, _, detail = await reconcile_unknown(router, record)
+async def _reconcile_one(deps: RouteDeps, record: UnknownTask) -> ResumeOutcome:
+    verdict, _, detail = await reconcile_unknown(deps, record)
     state = {
         Reconciled.FOUND: "accepted",
         Reconciled.ABSENT: "not_sent",
@@ -227,13 +231,13 @@ async def _collectable(ledger: Ledger) -> list[UncollectedTask]:
 
 
 async def _resume_one(
-    router: Router, task: UncollectedTask, output_dir: Path | None
+    deps: RouteDeps, task: UncollectedTask, output_dir: Path | None
 ) -> ResumeOutcome:
-    ledger = router.ledger
+    ledger = deps.ledger
     assert ledger is not None
-    if task.provider not in router.catalog.entries:
+    if task.provider not in deps.catalog.entries:
         return ResumeOutcome(task.task_id, task.provider, "error", detail="provider not installed")
-    client = router.client_for(task.provider)
+    client = deps.client_for(task.provider)
     try:
         status = await client.get(task.poll_ref or task.provider_task_id)
     except ProviderError as exc:
@@ -246,14 +250,14 @@ async def _resume_one(
         )
         return ResumeOutcome(task.task_id, task.provider, "failed", detail=status.error or "")
     sink = ImageSink(
-        http=router.http(),
+        http=deps.http(),
         output_dir=output_dir or Path(task.output_dir),
         provider=task.provider,
-        max_bytes=router.config.downloads.max_bytes,
-        max_pixels=router.config.downloads.max_pixels,
+        max_bytes=deps.config.downloads.max_bytes,
+        max_pixels=deps.config.downloads.max_pixels,
         headers=client.auth_headers(),
-        sleep=router.sleep,
-        hosts=router.download_policy(task.provider),
+        sleep=deps.sleep,
+        hosts=deps.download_policy(task.provider),
     )
     saved = []
     for index, url in enumerate(status.image_urls):
@@ -267,7 +271,7 @@ async def _resume_one(
             url=url,
             stem=f"{task.task_id}-r{index + 1}",
             convert_to=task.output_format,
-            resize_to=_resize_to(task, router.config.routing.size_policy),
+            resize_to=_resize_to(task, deps.config.routing.size_policy),
             url_expires_at=status.urls_expire_at,
             provider_task_id=task.provider_task_id,
         )
@@ -291,7 +295,7 @@ async def _close_requests(ledger: Ledger, touched: Iterable[str]) -> None:
     stale by what this pass learned) from what the requests' tasks cost."""
     settle = set(touched)
     for request in await ledger.aio.open_requests():
-        if owner_alive(request.status, request.owner_pid):
+        if owner_alive(request.status, request.owner_pid, request.owner):
             continue
         if request.status == "running":
             await ledger.aio.close_request(

@@ -51,6 +51,7 @@ from .reconcile import RecoveryState
 from .redact import default_redactor
 from .request import MODELS, ImageInput, ImageRequest
 from .resume import ResumeOutcome, resume_uncollected
+from .route_deps import RouteDeps
 from .routing import new_request_id
 from .stores import ledger_url, open_ledger
 from .transport import LimitedTransport, LoopClients
@@ -92,7 +93,8 @@ class Router:
         self.config = config if config is not None else load_config()
         self.plugins = plugins if plugins is not None else Plugins.load()
         self.clock = clock
-        self.sleep = sleep
+        self._sleep = sleep
+        self._deps: RouteDeps | None = None  # built on first use: see `deps`
         self._transport = transport
         self._schedule = schedule
         self.config.check_providers(self.plugins.providers())
@@ -117,6 +119,7 @@ class Router:
             clock=clock,
         )
         self.budget = self._make_budget()
+        self._owns_health = health is None  # closed with the Router (it may be shared)
         self.health = health or self._make_health(clock)
         self._loops = LoopClients(self._make_http)
         self._portal = Portal()
@@ -128,6 +131,46 @@ class Router:
         self.waiters: dict[tuple[str, str], asyncio.Event] = {}
         # Interruptions to report, and the bookkeeping of possibly-billed recovery.
         self.recovery = RecoveryState()
+
+    # -- what routing gets (route_deps.py) ----------------------------------------------
+
+    @property
+    def deps(self) -> RouteDeps:
+        """What routing, accounting and resume get instead of the Router (route_deps.py):
+        built once, on first use, so a test may still patch a method (`download_policy`)
+        after construction. Its stores and bookkeeping are this Router's own objects (two
+        threads racing here build equal deps over the same objects: harmless)."""
+        deps = self._deps
+        if deps is None:
+            deps = self._deps = RouteDeps(
+                config=self.config,
+                catalog=self.catalog,
+                ledger=self.ledger,
+                budget=self.budget,
+                health=self.health,
+                clock=self.clock,
+                sleep=self._sleep,
+                quote_request=self.quote_request,
+                client_for=self.client_for,
+                http=self.http,
+                schedule_for=self.schedule_for,
+                download_policy=self.download_policy,
+                emit=self.emit,
+                recovery=self.recovery,
+                waiters=self.waiters,
+                callback_base_url=self.callback_base_url,
+            )
+        return deps
+
+    @property
+    def sleep(self) -> Sleep:
+        return self._sleep
+
+    @sleep.setter
+    def sleep(self, sleep: Sleep) -> None:
+        # Tests swap the sleep of a running gateway's Router; the next use rebuilds the deps.
+        self._sleep = sleep
+        self._deps = None
 
     # -- construction -------------------------------------------------------------------
 
@@ -236,9 +279,7 @@ class Router:
         return self._adaptive.for_backend(offer.provider, offer.model, offer.operation)
 
     def callback_url(self, provider: str) -> str | None:
-        if self.callback_base_url is None:
-            return None
-        return f"{self.callback_base_url}/callbacks/{provider}"
+        return self.deps.callback_url(provider)
 
     def nudge(self, provider: str, task_id: str) -> bool:
         """A provider callback says task `task_id` changed: poll it now instead of waiting.
@@ -288,7 +329,7 @@ class Router:
         self._resumed = True
         return await self._durable(
             resume_uncollected(
-                self, output_dir=Path(output_dir) if output_dir is not None else None
+                self.deps, output_dir=Path(output_dir) if output_dir is not None else None
             )
         )
 
@@ -304,6 +345,9 @@ class Router:
         output_dir = Path(options.pop("output_dir", None) or self.config.output.dir)
         progress: Callable[[Progress], None] | None = options.pop("progress", None)
         raw_key = options.pop("idempotency_key", None)
+        # The gateway names the request up front, so its job row links to it (a replay of an
+        # idempotency key still answers as the first request).
+        named_id: str | None = options.pop("request_id", None)
         # The gateway scopes keys by its caller's API key, so two tenants' keys never collide.
         scope = str(options.pop("idempotency_scope", "") or "")
         # The result cache (cache.py): None follows config `cache.enabled`.
@@ -321,7 +365,8 @@ class Router:
         check_mask(inputs, mask)
         if raw_key is None:
             return await route_with_cache(
-                self, request, inputs, mask, output_dir, progress, use_cache=use_cache
+                self, request, inputs, mask, output_dir, progress, request_id=named_id,
+                use_cache=use_cache,
             )
         key = IdempotencyKey.of(raw_key, scope)
         if self.ledger is None:
@@ -340,7 +385,7 @@ class Router:
             key,
             fingerprint(request, inputs, mask),
             operation=request.operation,
-            new_request_id=new_request_id,
+            new_request_id=new_request_id if named_id is None else lambda: named_id,
             run=run,
             sleep=self.sleep,
         )
@@ -425,6 +470,8 @@ class Router:
             # Joining the portal's thread takes a moment: not on this loop.
             await asyncio.to_thread(self._portal.close)
         self._loops.close_all()
+        if self._owns_health:  # a shared health store pushes what it still holds
+            await asyncio.to_thread(self.health.close)
         if self.ledger is not None:
             self.ledger.close()
 
@@ -445,6 +492,8 @@ class Router:
         loop, and close the ledger. Safe to call more than once."""
         self._portal.close()
         self._loops.close_all()
+        if self._owns_health:
+            self.health.close()
         if self.ledger is not None:
             self.ledger.close()
 

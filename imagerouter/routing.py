@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .offers import Offer
     from .provider import LoadedImage
     from .request import ImageRequest
-    from .router import Router
+    from .route_deps import RouteDeps
 
 __all__ = ["Interruption", "route_request"]
 
@@ -103,7 +103,7 @@ class _State:
 
 
 async def route_request(
-    router: Router,
+    deps: RouteDeps,
     request: ImageRequest,
     inputs: Sequence[LoadedImage | str],
     mask: LoadedImage | str | None,
@@ -115,14 +115,14 @@ async def route_request(
     # Given when an idempotency key claimed this id in the ledger before anything was sent.
     request_id = request_id or new_request_id()
     state = _State(request_id, request, output_dir, remaining=request.n)
-    started = router.clock()
-    offers = _eligible(router, request, inputs, mask)
-    if router.ledger is not None:
-        await router.ledger.aio.begin_request(
+    started = deps.clock()
+    offers = _eligible(deps, request, inputs, mask)
+    if deps.ledger is not None:
+        await deps.ledger.aio.begin_request(
             request_id,
             operation=request.operation,
             model=request.model,
-            tier=request.tier or router.config.default_tier,
+            tier=request.tier or deps.config.default_tier,
             prompt=request.prompt,
             request=request.public_dict(),
             output_dir=str(output_dir),
@@ -132,26 +132,26 @@ async def route_request(
         )
     try:
         while state.remaining > 0:
-            if len(state.attempts) >= router.config.routing.max_attempts:
+            if len(state.attempts) >= deps.config.routing.max_attempts:
                 raise _final_error(state, "routing.max_attempts reached")
-            offer = _next_offer(router, state, inputs, mask)
+            offer = _next_offer(deps, state, inputs, mask)
             if offer is None:
                 raise _final_error(state, "no healthy backend is left to try")
             # Possibly-billed creates of this backend's earlier requests are looked up first
             # (bounded, rate-limited, never raises).
-            await reconcile_backend(router, offer.provider)
-            await _wait_if_cooling_down(router, state, offer)
-            outcome = await _attempt(router, state, offer, inputs, mask, progress)
-            if outcome.errors and not _may_continue(router, state, offer, outcome):
+            await reconcile_backend(deps, offer.provider)
+            await _wait_if_cooling_down(deps, state, offer)
+            outcome = await _attempt(deps, state, offer, inputs, mask, progress)
+            if outcome.errors and not _may_continue(deps, state, offer, outcome):
                 raise _final_error(state, "stopped to avoid paying twice")
     except asyncio.CancelledError as exc:
         # Cancelled (Ctrl-C, a client gone): record it without awaiting anything more.
-        _interrupted(router, state, started, exc)
+        _interrupted(deps, state, started, exc)
         raise
     except BaseException as exc:
-        await _finish_async(router, state, started, exc)
+        await _finish_async(deps, state, started, exc)
         raise
-    await _finish_async(router, state, started, None)
+    await _finish_async(deps, state, started, None)
     served = state.served_by
     assert served is not None
     return GenerationResult(
@@ -176,18 +176,18 @@ def new_request_id() -> str:
 
 
 def _eligible(
-    router: Router,
+    deps: RouteDeps,
     request: ImageRequest,
     inputs: Sequence[LoadedImage | str],
     mask: LoadedImage | str | None,
 ) -> list[Offer]:
-    offers = router.quote_request(request)
+    offers = deps.quote_request(request)
     eligible = []
     too_big: InputImageError | None = None
     for offer in offers:
         if not offer.eligible:
             continue
-        problem = _oversized_input(router, offer, inputs, mask)
+        problem = _oversized_input(deps, offer, inputs, mask)
         if problem is None:
             eligible.append(offer)
         else:
@@ -200,14 +200,14 @@ def _eligible(
 
 
 def _oversized_input(
-    router: Router,
+    deps: RouteDeps,
     offer: Offer,
     inputs: Sequence[LoadedImage | str],
     mask: LoadedImage | str | None,
 ) -> InputImageError | None:
     """The error for the first input over this offer's provider's upload cap, if any."""
-    entry = router.catalog.entries.get(offer.provider)
-    cap = entry.provider.upload_limit_bytes(router.capabilities(offer.provider)) if entry else None
+    entry = deps.catalog.entries.get(offer.provider)
+    cap = entry.provider.upload_limit_bytes(deps.capabilities(offer.provider)) if entry else None
     if cap is None:
         return None
     for item in (*inputs, *([mask] if mask is not None else [])):
@@ -225,25 +225,25 @@ MAX_COOLDOWN_WAIT_S = 60.0
 FAST_FAIL_WAIT_S = 5.0
 
 
-async def _wait_if_cooling_down(router: Router, state: _State, offer: Offer) -> None:
+async def _wait_if_cooling_down(deps: RouteDeps, state: _State, offer: Offer) -> None:
     """When the only backend left is out for a while (a 429's Retry-After, or ejected after
     failures), wait for it rather than hammer it; with another healthy backend the router
     never gets here. A long wait before any task was accepted is a quick error instead."""
-    wait = router.health.retry_in(offer.backend)
+    wait = deps.health.retry_in(offer.backend)
     if wait is None or wait <= 0:
         return
     if wait > FAST_FAIL_WAIT_S and not state.task_ids:
-        router.health.release(offer.backend)
+        deps.health.release(offer.backend)
         last = "" if state.last_error is None else f" (last error: {state.last_error})"
         raise BackendsUnavailableError(
             f"no backend is available now; retry in {math.ceil(wait)} s{last}",
             retry_after_s=wait,
         )
-    await router.sleep(min(wait, MAX_COOLDOWN_WAIT_S))
+    await deps.sleep(min(wait, MAX_COOLDOWN_WAIT_S))
 
 
 def _next_offer(
-    router: Router,
+    deps: RouteDeps,
     state: _State,
     inputs: Sequence[LoadedImage | str],
     mask: LoadedImage | str | None,
@@ -252,10 +252,10 @@ def _next_offer(
     if state.remaining != request.n:
         request = request.with_overrides(n=state.remaining)
     try:
-        candidates = _eligible(router, request, inputs, mask)
+        candidates = _eligible(deps, request, inputs, mask)
     except NoEligibleOfferError:
         return None
-    ordered_keys = router.health.order([offer.backend for offer in candidates])
+    ordered_keys = deps.health.order([offer.backend for offer in candidates])
     rank_of = {key: index for index, key in enumerate(ordered_keys)}
     usable = [offer for offer in candidates if offer.backend in rank_of]
     # Untried backends first; among equals, the health order (which keeps the price rank).
@@ -265,17 +265,17 @@ def _next_offer(
     def streak(offer: Offer) -> int:
         if not state.tried.get(offer.backend):
             return 0
-        return router.health.stats(offer.backend).consecutive_failures
+        return deps.health.stats(offer.backend).consecutive_failures
 
     usable.sort(key=lambda o: (state.tried.get(o.backend, 0), streak(o), rank_of[o.backend]))
     for offer in usable:
-        if router.health.begin(offer.backend):
+        if deps.health.begin(offer.backend):
             return offer
     return None
 
 
 async def _attempt(
-    router: Router,
+    deps: RouteDeps,
     state: _State,
     offer: Offer,
     inputs: Sequence[LoadedImage | str],
@@ -288,17 +288,17 @@ async def _attempt(
     quoted = offer.total_usd or Decimal(0)
     try:
         reservation = (
-            await router.budget.ledger.aio.call(
-                router.budget.reserve, state.request_id, quoted, attempt_id=attempt_id
+            await deps.budget.ledger.aio.call(
+                deps.budget.reserve, state.request_id, quoted, attempt_id=attempt_id
             )
-            if router.budget
+            if deps.budget
             else None
         )
     except BaseException:
-        router.health.release(offer.backend)
+        deps.health.release(offer.backend)
         raise
-    if router.ledger is not None:
-        await router.ledger.aio.begin_attempt(
+    if deps.ledger is not None:
+        await deps.ledger.aio.begin_attempt(
             attempt_id,
             request_id=state.request_id,
             attempt_no=attempt_no,
@@ -309,44 +309,44 @@ async def _attempt(
             params=dict(offer.params),
             accepts_double_charge=state.double_charge_accepted,
         )
-    started = router.clock()
+    started = deps.clock()
     outcome = OfferOutcome()
     try:
-        client = router.client_for(offer.provider)
+        client = deps.client_for(offer.provider)
         ctx = RunContext(
             request_id=state.request_id,
             attempt_id=attempt_id,
-            provider=router.provider(offer.provider),
+            provider=deps.provider(offer.provider),
             client=client,
-            settings=router.config.provider_settings(offer.provider),
-            ledger=router.ledger,
+            settings=deps.config.provider_settings(offer.provider),
+            ledger=deps.ledger,
             output_dir=state.output_dir,
-            http=router.http(),
-            max_bytes=router.config.downloads.max_bytes,
-            max_pixels=router.config.downloads.max_pixels,
-            clock=router.clock,
-            sleep=router.sleep,
-            schedule=router.schedule_for(offer),
-            on_unknown=router.config.routing.on_unknown_submission,
-            on_deadline=router.config.routing.on_deadline,
+            http=deps.http(),
+            max_bytes=deps.config.downloads.max_bytes,
+            max_pixels=deps.config.downloads.max_pixels,
+            clock=deps.clock,
+            sleep=deps.sleep,
+            schedule=deps.schedule_for(offer),
+            on_unknown=deps.config.routing.on_unknown_submission,
+            on_deadline=deps.config.routing.on_deadline,
             image_offset=len(state.images),
             progress=progress,
-            callback_url=router.callback_url(offer.provider),
-            waiters=router.waiters,
-            download_hosts=router.download_policy(offer.provider),
+            callback_url=deps.callback_url(offer.provider),
+            waiters=deps.waiters,
+            download_hosts=deps.download_policy(offer.provider),
         )
         outcome = await run_offer(ctx, offer, state.request.prompt, inputs, mask)
     except Exception as exc:  # failures before any task (key, upload): nothing was created
         outcome.errors.append(exc)
-    elapsed = router.clock() - started
+    elapsed = deps.clock() - started
     await record_attempt(
-        router, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no
+        deps, state, offer, outcome, reservation, elapsed, attempt_id, attempt_no
     )
     return outcome
 
 
-def _may_continue(router: Router, state: _State, offer: Offer, outcome: OfferOutcome) -> bool:
-    routing = router.config.routing
+def _may_continue(deps: RouteDeps, state: _State, offer: Offer, outcome: OfferOutcome) -> bool:
+    routing = deps.config.routing
     for error in outcome.errors:
         verdict = classify(error)
         if verdict.failover:
@@ -358,16 +358,16 @@ def _may_continue(router: Router, state: _State, offer: Offer, outcome: OfferOut
         if type(error).__name__ == "JobTimedOutError" and routing.on_deadline == "hedge":
             state.double_charge_accepted = True
             continue
-        if refusal_may_differ(error, same_provider=_only_same_provider(router, state, offer)):
+        if refusal_may_differ(error, same_provider=_only_same_provider(deps, state, offer)):
             continue
         return False
     return True
 
 
-def _only_same_provider(router: Router, state: _State, offer: Offer) -> bool:
+def _only_same_provider(deps: RouteDeps, state: _State, offer: Offer) -> bool:
     request = state.request
     try:
-        others = [o for o in router.quote_request(request) if o.eligible]
+        others = [o for o in deps.quote_request(request) if o.eligible]
     except Exception:
         return True
     return all(o.provider == offer.provider for o in others)
@@ -385,46 +385,47 @@ def _final_error(state: _State, why: str) -> BaseException:
 
 
 async def _finish_async(
-    router: Router, state: _State, started: float, error: BaseException | None
+    deps: RouteDeps, state: _State, started: float, error: BaseException | None
 ) -> None:
     # The ledger write goes to the ledger's writer thread; hooks stay on the event loop.
-    elapsed = router.clock() - started
-    if router.ledger is not None:
-        await router.ledger.aio.call(_end_request, router, state, elapsed, error)
-    _emit_result(router, state, elapsed, error)
+    elapsed = deps.clock() - started
+    if deps.ledger is not None:
+        await deps.ledger.aio.call(_end_request, deps, state, elapsed, error)
+    _emit_result(deps, state, elapsed, error)
 
 
-def _interrupted(router: Router, state: _State, started: float, error: BaseException) -> None:
+def _interrupted(deps: RouteDeps, state: _State, started: float, error: BaseException) -> None:
     """Record an interrupted request synchronously (the task is being cancelled): its
     creates in flight become unknown, it is `interrupted` with its accepted tasks' cost, and
-    the open reservation is settled from its tasks. The report goes to the router."""
-    elapsed = router.clock() - started
+    the open reservation is settled from its tasks. The report goes to
+    `deps.recovery` (the Router's own: the CLI prints it)."""
+    elapsed = deps.clock() - started
     paid: list[PaidTask] = []
     cost = state.quoted
-    if router.ledger is not None:
+    if deps.ledger is not None:
         try:
-            paid = router.ledger.interrupt_request(
+            paid = deps.ledger.interrupt_request(
                 state.request_id, error="interrupted before it finished", elapsed_s=elapsed
             )
-            router.ledger.settle_reservations(state.request_id)
-            row = router.ledger.request_detail(state.request_id)["request"]
+            deps.ledger.settle_reservations(state.request_id)
+            row = deps.ledger.request_detail(state.request_id)["request"]
             cost = Decimal(row["cost_usd"] or 0)
         except Exception:  # the report must still reach the user
             log.warning("recording the interruption of %s failed", state.request_id,
                         exc_info=True)
-    router.recovery.interruptions.append(
-        Interruption(state.request_id, cost, tuple(paid), recorded=router.ledger is not None)
+    deps.recovery.interruptions.append(
+        Interruption(state.request_id, cost, tuple(paid), recorded=deps.ledger is not None)
     )
-    _emit_result(router, state, elapsed, error)
+    _emit_result(deps, state, elapsed, error)
 
 
 def _end_request(
-    router: Router, state: _State, elapsed: float, error: BaseException | None
+    deps: RouteDeps, state: _State, elapsed: float, error: BaseException | None
 ) -> None:
     served = state.served_by
     ok = error is None
-    if router.ledger is not None:
-        router.ledger.end_request(
+    if deps.ledger is not None:
+        deps.ledger.end_request(
             state.request_id,
             status="served" if ok else "failed",
             provider=served.provider if served else None,
@@ -437,11 +438,11 @@ def _end_request(
 
 
 def _emit_result(
-    router: Router, state: _State, elapsed: float, error: BaseException | None
+    deps: RouteDeps, state: _State, elapsed: float, error: BaseException | None
 ) -> None:
     served = state.served_by
     ok = error is None
-    router.emit(
+    deps.emit(
         "on_result",
         event=ResultEvent(
             request_id=state.request_id,

@@ -49,7 +49,7 @@ async def test_one_redis_lease_holder_at_a_time(prefix: str) -> None:
     second = RedisLease(REDIS_URL, f"{prefix}lease", ttl_s=30)
     assert await first() and await first()  # the holder renews
     assert not await second()
-    first.release()
+    await first.release()
     assert await second()
     assert not await first()
 
@@ -244,6 +244,23 @@ def _price(data: dict[str, Any], plugins: Plugins) -> Decimal:
     return offer.total_usd
 
 
+def _advisory_lease_held(url: str, name: str) -> bool:
+    """Some session holds the PgLease `name` of the ledger at `url` (pg_locks, not taking it)."""
+    import psycopg
+
+    from imagerouter.stores.pg_lease import lock_key
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_schema()").fetchone()
+        key = lock_key(str(row[0] if row else ""), name) & 0xFFFF_FFFF_FFFF_FFFF
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1",
+            (key >> 32, key & 0xFFFF_FFFF),
+        ).fetchone()
+    return bool(held and held[0])
+
+
 def _stop(replicas: list[subprocess.Popen[bytes]]) -> None:
     for process in replicas:
         if process.poll() is None:
@@ -313,13 +330,12 @@ def test_a_replica_killed_with_paid_jobs_in_flight_has_them_collected_by_another
     jobs = 6
     try:
         base = f"http://127.0.0.1:{_wait_for_port(logs[0], replicas[0])}"
-        # The replica that will die holds the sweeper's lease: the others must take it over.
-        lease = redis.Redis.from_url(REDIS_URL)
+        # The replica that will die holds the sweeper's lease (with a PostgreSQL ledger, an
+        # advisory lock: stores/pg_lease.py): the others must take it over.
         deadline = time.monotonic() + 30
-        while not lease.exists(f"{prefix}lease:sweeper"):
+        while not _advisory_lease_held(pg_url, f"{prefix}lease:sweeper"):
             assert time.monotonic() < deadline, logs[0].read_text()
             time.sleep(0.05)
-        lease.close()
         replicas += [_start(config, log) for log in logs[1:]]
         for log, process in zip(logs[1:], replicas[1:], strict=True):
             _wait_for_port(log, process)
@@ -357,5 +373,29 @@ def test_a_replica_killed_with_paid_jobs_in_flight_has_them_collected_by_another
         counters = emulators.apps["runflow"].counters.snapshot()
         assert len(list(out.rglob("*.png"))) == jobs == emulators.created()["runflow"]
         assert counters["billed_usd"] == price * jobs  # 0 double charges
+
+        # And the dead replica's jobs end: `succeeded` from another replica once their
+        # requests are collected, with file ids any replica serves (gateway/orphaned_jobs.py).
+        b, c = (
+            httpx.Client(base_url=f"http://127.0.0.1:{_wait_for_port(log, process)}", timeout=30)
+            for log, process in zip(logs[1:], replicas[1:], strict=True)
+        )
+        with b, c:
+            deadline = time.monotonic() + 60
+            while True:
+                listed = b.get("/v1/images/jobs", params={"limit": 100}).json()["data"]
+                if len(listed) == jobs and {item["status"] for item in listed} == {"succeeded"}:
+                    break
+                assert time.monotonic() < deadline, (listed, [log.read_text() for log in logs])
+                time.sleep(0.05)
+            served = set()
+            for item in listed:
+                body = c.get(f"/v1/images/jobs/{item['id']}").json()
+                assert body["status"] == "succeeded" and Decimal(body["cost_usd"]) == price
+                [file_id] = body["file_ids"]
+                image = b.get(f"/v1/files/{file_id}/content")
+                assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+                served.add(image.content)
+            assert len(served) == jobs  # each job its own image
     finally:
         _stop(replicas)

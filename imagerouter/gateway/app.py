@@ -69,14 +69,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The sweeper reconciles possibly-billed creates and collects uncollected jobs
         # (imagerouter/resume.py); it never touches the jobs this gateway is running.
-        sweeper = asyncio.create_task(
-            sweep(
-                lambda: gateway.router,
-                interval=config.gateway.sweep_interval_s,
-                first_delay=True,
-                lease=gateway.sweep_lease,
-            )
-        )
+        sweeper = asyncio.create_task(_sweeper(gateway, config.gateway.sweep_interval_s))
         # Callback nudges from other replicas (shared.url on Redis; service.py).
         nudges = None if gateway.nudges is None else asyncio.create_task(gateway.nudges.run())
         try:
@@ -90,7 +83,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             if gateway.sweep_lease is not None:
-                gateway.sweep_lease.release()  # the next replica need not wait for it to lapse
+                await gateway.sweep_lease.release()  # the next replica need not wait
         await gateway.aclose()
 
     settings = gateway.settings
@@ -108,6 +101,23 @@ def create_app(
     )
     app.state.gateway = gateway
     return app
+
+
+async def _sweeper(gateway: Gateway, interval: float) -> None:
+    """A resume pass every `interval` seconds (under the fleet's lease), each followed by
+    ending the jobs dead replicas left open once their requests are settled (the pass just
+    collected their images and closed their requests: gateway/orphaned_jobs.py)."""
+    lease = gateway.sweep_lease
+    while True:
+        await sweep(lambda: gateway.router.deps, interval=interval, first_delay=True,
+                    lease=lease, passes=1)
+        try:
+            if lease is None or await lease():  # renews: the pass above just held it
+                await gateway.end_orphaned_jobs()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("sweeper: ending orphaned jobs failed", exc_info=True)
 
 
 def _routes() -> list[Route]:
@@ -142,7 +152,7 @@ def _endpoint(handler: Handler, name: str, *, auth: bool) -> Handler:
         request.state.body_share = share
         try:
             # 401 / per-key 429; jobs started inside reserve under the key's budget scope.
-            with budget_scopes(*(gateway.admit(request, name) if auth else ())):
+            with budget_scopes(*(await gateway.admit(request, name) if auth else ())):
                 response = await handler(request)
         except ApiError as exc:
             response = error_response(exc)

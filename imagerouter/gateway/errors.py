@@ -9,6 +9,7 @@ client retry would start (and pay for) a new job.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..errors import (
     InputImageError,
     InvalidRequestError,
     JobTimedOutError,
+    LedgerUnavailableError,
     MissingApiKeyError,
     NoEligibleOfferError,
     ProviderError,
@@ -148,6 +150,13 @@ def api_error_from(exc: BaseException, *, request_id: str | None = None) -> ApiE
         return ApiError(502, f"{exc}{where}", type="server_error", code=_snake(type(exc).__name__))
     if isinstance(exc, MissingApiKeyError):
         return ApiError(503, f"{exc}{where}", type="server_error", code="provider_not_configured")
+    if isinstance(exc, LedgerUnavailableError):
+        # Budgets fail closed. The server's address is the operator's business: it goes to
+        # the log, the client gets what to do.
+        logging.getLogger("imagerouter.gateway").warning("%s%s", exc, where)
+        return ApiError(503, f"the gateway's ledger is unavailable: no paid job starts until it "
+                        f"is back; retry later{where}", type="server_error",
+                        code="ledger_unavailable", headers={"retry-after": "5"})
     if isinstance(exc, ConfigError | ImageRouterError):
         return ApiError(500, f"{exc}{where}", type="server_error", code=_snake(type(exc).__name__))
     return ApiError(

@@ -3,10 +3,12 @@
 A job is an asyncio task the HTTP request merely waits for, so a client that disconnects
 does not cancel the paid work: the job finishes, its images reach disk and the ledger, and
 `GET /v1/images/jobs/{id}` shows it. Jobs live in memory (bounded; the oldest finished ones
-are forgotten first); the ledger is the durable record, and each job carries the ledger's
-request id as soon as the router reports it. With a ledger, `JobRecords` also writes each
-job's summary and file ids to it (tables `gateway_jobs`, `gateway_files`, migration m009)
-when it starts and when it ends, so another replica answers `GET /v1/images/jobs/{id}`.
+are forgotten first); the ledger is the durable record. Each job is given the ledger request
+id it runs as before it starts (`ledger_request_id`), and with a ledger `JobRecords` writes
+the job's row (summary, request id, this process as its owner) when it starts and when it
+ends, with its file ids, through the job store (stores/gateway_jobs.py), so any replica
+answers `GET /v1/images/jobs` and `/v1/images/jobs/{id}`, and the sweeper of another replica
+ends the job of one that died (gateway/orphaned_jobs.py).
 
 The router reports through its `on_attempt` / `on_result` hooks, which run inside the job's
 task; a context variable tells the hook which job the event belongs to.
@@ -17,19 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..hookspecs import hookimpl
 from ..pricing import quantize
+from ..routing import new_request_id
+from ..stores.gateway_jobs import FileRow, JobRow, JobStatus
 from .errors import ApiError, api_error_from
-from .files import FileStore, LedgerOf
+from .files import FileStore, StoreOf
 
 if TYPE_CHECKING:
     from ..events import AttemptEvent, ResultEvent
@@ -50,7 +53,6 @@ __all__ = [
 
 log = logging.getLogger("imagerouter.gateway")
 
-JobStatus = Literal["queued", "running", "succeeded", "failed"]
 EventSink = Callable[["AttemptEvent | ResultEvent"], None]
 
 CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
@@ -70,8 +72,11 @@ class Job:
     user: str | None
     created: float
     call: ImageCall | None = field(default=None, repr=False)  # dropped when done (input bytes)
-    status: JobStatus = "queued"
-    request_id: str | None = None
+    status: JobStatus = JobStatus.QUEUED
+    request_id: str | None = None  # as the router reports it (a replay: the first request's)
+    # The id the router is asked to run the request as: in the job's row before anything is
+    # paid, so the request of a job whose replica died is found (orphaned_jobs.py).
+    ledger_request_id: str | None = None
     progress: Progress | None = None
     result: GenerationResult | None = None
     error: ApiError | None = None
@@ -91,7 +96,7 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
     def note_progress(self, progress: Progress) -> None:
         self.progress = progress
@@ -148,63 +153,73 @@ class StoredJob:
     """A job as the ledger has it (possibly another replica's)."""
 
     id: str
-    status: str
+    status: JobStatus
     response_format: str
     summary: dict[str, Any]
+    created: float = 0.0
 
 
 class JobRecords:
-    """Jobs and their file ids in the ledger, for every replica that shares it."""
+    """Jobs and their file ids in the job store, for every replica that shares it. Every
+    call is async and never blocks the loop; a store that fails is logged, never fatal."""
 
-    def __init__(self, ledger_of: LedgerOf, files: FileStore) -> None:
-        self._ledger_of = ledger_of
+    def __init__(self, store_of: StoreOf, files: FileStore) -> None:
+        self.store_of = store_of
         self._files = files
 
     async def save(self, job: Job) -> None:
-        """Write the job's summary (and, once done, its file ids). Never fails the job: a
+        """Write the job's row (and, once done, its file ids). Never fails the job: a
         ledger outage only means other replicas cannot see it."""
-        ledger = self._ledger_of()
-        if ledger is None:
-            return
-        row = (job.id, job.status, job.response_format, json.dumps(job.summary()), time.time())
-        files = [self._files.get(file_id) for file_id in job.file_ids] if job.done else []
-
-        def write() -> None:
-            with ledger.transaction() as conn:
-                conn.execute(
-                    "INSERT OR REPLACE INTO gateway_jobs (id, status, response_format,"
-                    " summary_json, updated_at) VALUES (?, ?, ?, ?, ?)", row
-                )
-                for position, stored in enumerate(files):
-                    if stored is not None:
-                        conn.execute(
-                            "INSERT OR REPLACE INTO gateway_files (id, job_id, path, format,"
-                            " position) VALUES (?, ?, ?, ?, ?)",
-                            (stored.id, job.id, str(stored.path), stored.format, position),
-                        )
-
+        row = JobRow(
+            id=job.id,
+            status=job.status,
+            response_format=job.response_format,
+            summary=job.summary(),
+            created_at=job.created,
+            updated_at=time.time(),
+            request_id=job.request_id or job.ledger_request_id,
+        )
+        files = []
+        if job.done:
+            for position, file_id in enumerate(job.file_ids):
+                stored = self._files.local(file_id)
+                if stored is not None:
+                    files.append(FileRow(stored.id, job.id, str(stored.path), stored.format,
+                                         position))
         try:
-            await asyncio.to_thread(write)
+            store = self.store_of()
+            if store is not None:
+                await store.save(row, files)
         except Exception as exc:
             log.warning("job %s: not recorded for other replicas (%s)", job.id,
                         type(exc).__name__)
 
-    def load(self, job_id: str) -> StoredJob | None:
-        ledger = self._ledger_of()
-        if ledger is None or not job_id.startswith("imgjob_"):
+    async def load(self, job_id: str) -> StoredJob | None:
+        if not job_id.startswith("imgjob_"):
             return None
         try:
-            with ledger.reading() as conn:
-                row = conn.execute(
-                    "SELECT status, response_format, summary_json FROM gateway_jobs"
-                    " WHERE id = ?", (job_id,)
-                ).fetchone()
+            store = self.store_of()
+            row = None if store is None else await store.load(job_id)
         except Exception as exc:
             log.warning("gateway jobs: the ledger is unreadable (%s)", type(exc).__name__)
             return None
-        if row is None:
+        return None if row is None else _stored(row)
+
+    async def recent(self, limit: int) -> list[StoredJob] | None:
+        """Every replica's newest jobs; None without a store or when it is unreadable."""
+        try:
+            store = self.store_of()
+            if store is None:
+                return None
+            rows = await store.recent(limit)
+        except Exception as exc:
+            log.warning("gateway jobs: the ledger is unreadable (%s)", type(exc).__name__)
             return None
-        return StoredJob(job_id, str(row[0]), str(row[1]), json.loads(row[2]))
+        return [_stored(row) for row in rows]
+
+
+def _stored(row: JobRow) -> StoredJob:
+    return StoredJob(row.id, row.status, row.response_format, row.summary, row.created_at)
 
 
 class JobStore:
@@ -241,6 +256,7 @@ class JobStore:
             call=call,
             sink=sink,
             shape=call.answer_shape(),
+            ledger_request_id=new_request_id(),
         )
         self._jobs[job.id] = job
         self._evict()
@@ -251,7 +267,7 @@ class JobStore:
 
     async def _supervise(self, job: Job, runner: Runner, on_done: Finisher | None) -> None:
         token = CURRENT_JOB.set(job)
-        job.status = "running"
+        job.status = JobStatus.RUNNING
         try:
             if self.records is not None:
                 await self.records.save(job)
@@ -259,7 +275,9 @@ class JobStore:
             job.recorded.set()
         try:
             job.result = await runner(job)
-            job.status = "succeeded"
+            # The result's own id (a replayed Idempotency-Key's is the first request's).
+            job.request_id = getattr(job.result, "request_id", None) or job.request_id
+            job.status = JobStatus.SUCCEEDED
         except asyncio.CancelledError:
             job.error = ApiError(
                 503,
@@ -268,11 +286,11 @@ class JobStore:
                 type="server_error",
                 code="gateway_stopped",
             )
-            job.status = "failed"
+            job.status = JobStatus.FAILED
             raise
         except Exception as exc:
             job.error = api_error_from(exc, request_id=job.request_id)
-            job.status = "failed"
+            job.status = JobStatus.FAILED
             if job.error.status >= 500:
                 log.warning("job %s failed: %s", job.id, job.error.message)
         finally:
@@ -293,14 +311,35 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
     def recent(self, limit: int) -> list[Job]:
+        """This process's newest jobs (in memory)."""
         jobs = list(self._jobs.values())
         return jobs[::-1][:limit]
 
+    async def listing(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` jobs of every replica sharing the store (this one's alone
+        without a store, or while it is unreadable), as summaries: a job running here shows
+        its live state (progress), and one not yet in the store is there too."""
+        local = self.recent(limit)
+        stored = None if self.records is None else await self.records.recent(limit)
+        if stored is None:
+            return [job.summary() for job in local]
+        merged: dict[str, tuple[float, dict[str, Any]]] = {}
+        for row in stored:
+            live = self._jobs.get(row.id)
+            merged[row.id] = (row.created, live.summary() if live is not None else row.summary)
+        for job in local:
+            merged.setdefault(job.id, (job.created, job.summary()))
+        newest = sorted(merged.values(), key=lambda item: item[0], reverse=True)
+        return [summary for _, summary in newest[:limit]]
+
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
+        counts = {status.value: 0 for status in JobStatus}
         for job in self._jobs.values():
-            counts[job.status] += 1
+            counts[job.status.value] += 1
         return counts
 
     def running(self) -> list[asyncio.Task[None]]:

@@ -1,7 +1,8 @@
 """Per-key limits on the gateway: a requests-per-minute window and a budget scope per key.
 
 `gateway.api_keys` entries may carry `rpm`, `daily_usd` and `monthly_usd` (config.GatewayKey).
-The rate is a sliding 60-second window per key, kept in memory (one gateway process), counted
+The rate is a sliding 60-second window per key, kept in memory (one gateway process) or in
+Redis for the whole fleet (`shared.url: redis://`, stores/shared_redis.py), counted
 on the image calls that may pay (POST generations, edits, jobs) before their body is read; a
 refused call is not counted, and its 429 `rate_limit_exceeded` says in Retry-After when the
 oldest counted call leaves the window. Budgets are not kept here: every key is a
@@ -74,21 +75,24 @@ class KeyLimits:
         shared: SharedSettings | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._windows: dict[str, RateWindow | RedisRateWindow] = {
+        self._windows: dict[str, RateWindow] = {
             key.name: RateWindow(key.rpm, clock=clock) for key in keys if key.rpm is not None
         }
+        self._shared: dict[str, RedisRateWindow] = {}
         if shared is not None and shared.url.startswith(("redis://", "rediss://")):
             # shared.url on Redis: one window per key for the whole fleet (the local one
             # counts while Redis is unreachable). Wall time: the same in every replica.
-            from ..stores.shared_redis import RedisRateWindow, redis_client
+            from ..stores.redis_conn import LoopRedis, Outage
+            from ..stores.shared_redis import RedisRateWindow
 
-            client = redis_client(shared.url)
+            clients = LoopRedis(shared.url)
+            outage = Outage("gateway rpm windows", "counting each replica's calls locally")
             shared_clock = time.time if clock is time.monotonic else clock
-            self._windows = {
-                name: RedisRateWindow(client, f"{shared.prefix}rpm:{name}", window.limit,
-                                      window_s=WINDOW_S, clock=shared_clock, fallback=window)
+            self._shared = {
+                name: RedisRateWindow(clients, f"{shared.prefix}rpm:{name}", window.limit,
+                                      window_s=WINDOW_S, clock=shared_clock, fallback=window,
+                                      outage=outage)
                 for name, window in self._windows.items()
-                if isinstance(window, RateWindow)
             }
         self._scopes = {
             key.name: BudgetScope(
@@ -108,7 +112,8 @@ class KeyLimits:
         return None if key is None else self._scopes.get(key.name)
 
     def admit(self, key: GatewayKey | None) -> None:
-        """Count one paid call of `key`, or raise 429 rate_limit_exceeded."""
+        """Count one paid call of `key` in this process's window, or raise 429
+        rate_limit_exceeded. (The gateway calls `aadmit`, which also counts fleet-wide.)"""
         window = None if key is None else self._windows.get(key.name)
         if key is None or window is None:
             return
@@ -116,6 +121,17 @@ class KeyLimits:
             wait = window.admit()
         if wait is not None:
             raise rate_limited(key.name, window.limit, wait)
+
+    async def aadmit(self, key: GatewayKey | None) -> None:
+        """`admit`, in the fleet's window when `shared.url` is Redis (one script call on
+        redis.asyncio; this process's window counts while Redis is unreachable)."""
+        shared = None if key is None else self._shared.get(key.name)
+        if key is None or shared is None:
+            self.admit(key)
+            return
+        wait = await shared.admit()
+        if wait is not None:
+            raise rate_limited(key.name, shared.limit, wait)
 
     def check(self, config: Config) -> None:
         """Budgets live in the ledger: refuse per-key budgets with the ledger turned off."""
@@ -129,7 +145,8 @@ class KeyLimits:
             )
 
     def __repr__(self) -> str:
-        return f"KeyLimits(keys={len(self._scopes)}, rated={len(self._windows)})"
+        shared = f", shared={len(self._shared)}" if self._shared else ""
+        return f"KeyLimits(keys={len(self._scopes)}, rated={len(self._windows)}{shared})"
 
 
 def precheck_stream(router: Router, call: ImageCall, offers: Sequence[Offer]) -> None:

@@ -154,13 +154,14 @@ async def get_job(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
-    """GET /v1/images/jobs?limit=N: the newest jobs first, without images."""
+    """GET /v1/images/jobs?limit=N: the newest jobs of every replica first, without
+    images."""
     gateway = gateway_of(request)
     raw = request.query_params.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= _MAX_LIST:
         raise bad_request(f"limit must be a whole number from 1 to {_MAX_LIST}", param="limit")
-    jobs = gateway.jobs.recent(int(raw))
-    return JSONResponse({"object": "list", "data": [job.summary() for job in jobs]})
+    # Every replica's jobs (the job store), this replica's with their live state.
+    return JSONResponse({"object": "list", "data": await gateway.jobs.listing(int(raw))})
 
 
 async def variations(request: Request) -> Response:
@@ -190,7 +191,7 @@ async def get_signed_file(request: Request) -> Response:
 async def get_file(request: Request) -> Response:
     """GET /v1/files/{id} and /v1/files/{id}/content: the image bytes."""
     gateway = gateway_of(request)
-    stored = gateway.files.get(request.path_params["file_id"])
+    stored = await gateway.files.get(request.path_params["file_id"])
     if stored is None:
         raise not_found("No such file.")
     return FileResponse(stored.path, media_type=stored.media_type, filename=stored.filename,

@@ -21,12 +21,13 @@ from ..router import Router
 from . import answers
 from .auth import KeyCheck, unauthorized
 from .callbacks import ReplayGuard
-from .files import FileStore
+from .files import FileStore, ledger_store
 from .inflight import BodyShare, InflightBytes
 from .jobs import Job, JobRecords, JobStore, install_event_relay
 from .key_limits import PAID_ROUTES, KeyLimits, precheck_stream
 from .metrics import Metrics
 from .openai_shapes import shown
+from .orphaned_jobs import end_orphaned_jobs
 from .signed_urls import UrlSigner, load_url_secret
 
 if TYPE_CHECKING:
@@ -75,17 +76,29 @@ class Gateway:
                 config.shared.url, lambda p, t: self.router.nudge(p, t),
                 prefix=config.shared.prefix,
             )
-        # One sweeper per fleet (stores/shared_lease.py); None with shared.url: memory.
-        from ..stores.shared_lease import lease_for
+        # One sweeper per fleet: with a PostgreSQL ledger, on its advisory lock (pg_lease.py:
+        # a dead holder's lock goes with its connection); else the shared.url lease
+        # (stores/shared_lease.py); None with shared.url: memory and a SQLite ledger.
+        from ..stores import is_postgres_url, ledger_url
+        from ..stores.shared_lease import Lease, lease_for
 
-        self.sweep_lease = lease_for(
-            config.shared.url,
-            prefix=config.shared.prefix,
-            ttl_s=3 * config.gateway.sweep_interval_s,  # a live holder renews in time
-        )
-        # Jobs and file ids also go to the ledger (jobs.py JobRecords), for other replicas.
-        self.files = FileStore(ledger_of=self._ledger)
-        self.jobs = JobStore(records=JobRecords(self._ledger, self.files))
+        self.sweep_lease: Lease | None
+        pg_url = ledger_url(config.ledger) if config.ledger.enabled else ""
+        if is_postgres_url(pg_url):
+            from ..stores.pg_lease import PgLease
+
+            self.sweep_lease = PgLease(pg_url, f"{config.shared.prefix}lease:sweeper")
+        else:
+            self.sweep_lease = lease_for(
+                config.shared.url,
+                prefix=config.shared.prefix,
+                ttl_s=3 * config.gateway.sweep_interval_s,  # a live holder renews in time
+            )
+        # Jobs and file ids also go to the ledger (jobs.py JobRecords, through the job store
+        # stores/gateway_jobs.py), for other replicas.
+        self.job_store = ledger_store(self._ledger)
+        self.files = FileStore(store_of=self.job_store)
+        self.jobs = JobStore(records=JobRecords(self.job_store, self.files))
         self.metrics = Metrics()
         self.replays = ReplayGuard()
         self.inflight = InflightBytes(self.settings.max_inflight_bytes)
@@ -122,12 +135,13 @@ class Gateway:
     async def stored_job(self, job_id: str, base_url: str) -> dict[str, Any] | None:
         """A job another replica ran (or this one forgot), as the ledger has it: its summary
         and, once it succeeded, its images by file id (url) or inline (b64_json)."""
-        stored = self.jobs.records.load(job_id) if self.jobs.records is not None else None
+        records = self.jobs.records
+        stored = None if records is None else await records.load(job_id)
         if stored is None:
             return None
         body = dict(stored.summary)
         if stored.status == "succeeded":
-            files = self.files.for_job(job_id)
+            files = await self.files.for_job(job_id)
             base = self.public_base(base_url)
             if stored.response_format == "b64_json":
                 data = [{"b64_json": base64.b64encode(await asyncio.to_thread(f.path.read_bytes))
@@ -137,14 +151,14 @@ class Gateway:
             body["result"] = {"created": body.get("created"), "data": data}
         return body
 
-    def admit(self, request: Request, route: str) -> tuple[BudgetScope, ...]:
+    async def admit(self, request: Request, route: str) -> tuple[BudgetScope, ...]:
         """Authenticate (401), count a paid call against its key's rpm (429), and return the
         budget scopes the request's reservations must also fit (its key's, key_limits.py)."""
         key = self.auth.identify(request.headers.get("authorization"))
         if self.auth.enabled and key is None:
             raise unauthorized()
         if request.method == "POST" and route in PAID_ROUTES:
-            self.key_limits.admit(key)
+            await self.key_limits.aadmit(key)  # fleet-wide on Redis (key_limits.py)
         scope = self.key_limits.scope(key)
         return () if scope is None else (scope,)
 
@@ -180,6 +194,7 @@ class Gateway:
             **call.router_kwargs(),
             "output_dir": self.output_dir,
             "progress": job.note_progress,
+            "request_id": job.ledger_request_id,  # in the job's row already
         }
         # Client text is clipped in logs (`shown`): a field's full value is never logged.
         log.info("job %s: %s model=%s user=%s", job.id, call.operation,
@@ -198,6 +213,11 @@ class Gateway:
         paths = job.served_paths or [image.path for image in job.result.images]
         for image, path in zip(job.result.images, paths, strict=True):
             job.file_ids.append(self.files.add(path, image.format, job_id=job.id).id)
+
+    async def end_orphaned_jobs(self) -> list[str]:
+        """The sweeper's step after each pass: end the jobs dead replicas left open
+        (orphaned_jobs.py); this process's own are never touched."""
+        return await end_orphaned_jobs(self.job_store, running_here=self.jobs)
 
     async def wait(self, job: Job) -> None:
         """Wait for a job without ever cancelling it (a client that goes away, or a

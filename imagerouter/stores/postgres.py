@@ -14,6 +14,11 @@ committed spend, so reservations from any number of replicas are serialized and 
 against one budget overshoot by zero. Migrations run under a session advisory lock, so
 replicas starting together migrate once. Durability is PostgreSQL's own (a COMMIT that
 returned is on disk with the server's default `synchronous_commit`).
+
+Writes keep that one connection (group commit, write-ahead order, the reservation lock);
+reads go to a pool of read-only connections beside it (`pg_reads.py`), so they never wait
+for the writer's batches. A server that refuses connections or drops one mid-statement is a
+`LedgerUnavailableError` (a request stops before any paid call); the next call reconnects.
 """
 
 from __future__ import annotations
@@ -21,20 +26,36 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import PurePath
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
+from ..errors import LedgerUnavailableError
 from ..ledger import Ledger, _utc_now
+from ..ledger_commit import current_pending
 from ..ledger_reports import iso
 from ..migrations import migrate
 from . import redact_url
 
-__all__ = ["PgConnection", "PgLedger", "Row", "redact_url", "translate"]
+if TYPE_CHECKING:
+    from .aio import AsyncLedger
+
+__all__ = [
+    "CONNECT_DEFAULTS",
+    "PgConnection",
+    "PgLedger",
+    "Row",
+    "conninfo",
+    "redact_url",
+    "translate",
+    "unavailable",
+]
 
 # pg_advisory_* keys: 'imgr' + which lock. Any int64 not used by the application is fine.
 _RESERVE_LOCK = 0x696D6772_0001
@@ -159,6 +180,35 @@ _ERRORS: tuple[tuple[type[psycopg.Error], type[sqlite3.Error]], ...] = (
 )
 
 
+# libpq settings every ledger connection gets unless the URL names them: a server that stops
+# answering (a lost machine, a partition) fails the call in seconds instead of hanging it for
+# the kernel's two-hour TCP default.
+CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms that sent data may stay unacknowledged
+}
+
+
+def conninfo(url: str) -> str:
+    """`url` with `CONNECT_DEFAULTS` for what it leaves unset."""
+    params = conninfo_to_dict(url)
+    for key, value in CONNECT_DEFAULTS.items():
+        params.setdefault(key, value)
+    return make_conninfo("", **params)
+
+
+def unavailable(url: str, exc: psycopg.Error) -> LedgerUnavailableError:
+    """The error for a server that refused a connection or dropped one: its first line (the
+    rest is libpq's advice), with the URL's password redacted."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return LedgerUnavailableError(f"the ledger at {redact_url(url)} is unavailable: {first}")
+
+
 def _as_sqlite_error(exc: psycopg.Error) -> sqlite3.Error:
     """The sqlite3 exception class the ledger's callers already handle, PostgreSQL's text."""
     for pg_type, sqlite_type in _ERRORS:
@@ -200,7 +250,9 @@ class PgConnection:
 
     def _open(self) -> psycopg.Connection[Row]:
         try:
-            return psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
+            return psycopg.connect(conninfo(self.url), autocommit=True, row_factory=_row_factory)
+        except psycopg.OperationalError as exc:
+            raise unavailable(self.url, exc) from None
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc) from None
 
@@ -218,15 +270,17 @@ class PgConnection:
             # lost, and the calls in it were already told so.
             self._conn.close()
             self._conn = self._open()
-        statement = translate(sql, self._primary_key, params=bool(parameters))
-        if not statement:
-            return _Cursor(None)
         try:
+            statement = translate(sql, self._primary_key, params=bool(parameters))
+            if not statement:
+                return _Cursor(None)
             if parameters:
                 cursor = self._conn.execute(statement, [_param(p) for p in parameters])
             else:
                 cursor = self._conn.execute(statement)
         except psycopg.Error as exc:
+            if self._conn.broken:  # the server went away mid-statement
+                raise unavailable(self.url, exc) from exc
             raise _as_sqlite_error(exc) from exc
         return _Cursor(cursor)
 
@@ -248,15 +302,63 @@ class PgConnection:
 
 
 class PgLedger(Ledger):
-    """The ledger in the PostgreSQL database at `url` (created schema, migrated on open)."""
+    """The ledger in the PostgreSQL database at `url` (created schema, migrated on open).
 
-    def __init__(self, url: str, *, now: Callable[[], datetime] = _utc_now) -> None:
+    Writes go through one connection, as in SQLite; reads through a pool of `pool_size`
+    more (stores/pg_reads.py), so they do not wait behind the writer's batches."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        pool_size: int | None = None,
+    ) -> None:
+        from .pg_reads import POOL_SIZE, ReadPool
+
         self.url = url
+        self.reads = ReadPool(url, size=POOL_SIZE if pool_size is None else pool_size)
         # `path` is the SQLite file for a Ledger; here it only names the backend.
         super().__init__("postgresql", now=now)
 
     def __repr__(self) -> str:
         return f"PgLedger({redact_url(self.url)!r})"
+
+    @property
+    def aio(self) -> AsyncLedger:
+        """Ledger.aio, whose reads run on the read pool (pg_reads.PgAsyncLedger)."""
+        if self._aio is None:
+            from .pg_reads import PgAsyncLedger
+
+            with self._aio_lock:
+                if self._aio is None:
+                    self._aio = PgAsyncLedger(self)
+        return self._aio
+
+    def reads_pooled(self) -> bool:
+        """Whether a read by this caller may use the read pool (committed rows only): not
+        inside a write on this thread, nor in a request whose deferred writes are not
+        durable yet (it must read its own writes, in the writer's open transaction)."""
+        if getattr(self._writes._local, "depth", 0):
+            return False
+        pending = current_pending()
+        return pending is None or pending.durable()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read connection: a pooled one when `reads_pooled()`, else the writer's."""
+        if not self.reads_pooled():
+            with super().reading() as conn:
+                yield conn
+            return
+        with self.reads.reader() as reader:
+            yield cast(sqlite3.Connection, reader)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.reads.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = PgConnection(self.url)

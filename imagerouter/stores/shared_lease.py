@@ -5,7 +5,8 @@ paid jobs of dead processes; with a lease only its holder runs a pass, so two re
 collect the same job at once. The holder renews the lease on every pass; a replica killed
 with SIGKILL stops renewing, and after `ttl_s` the next replica to ask takes it over.
 
-- `RedisLease`: `SET name token NX PX ttl`, renewed by a compare-and-expire script.
+- `RedisLease`: `SET name token NX PX ttl`, renewed by a compare-and-expire script
+  (redis.asyncio, on the caller's loop).
 - `SqliteLease`: a row in the shared SQLite file, changed in a `BEGIN IMMEDIATE` transaction.
 - `lease_for(url, ...)`: the lease `shared.url` names; None for `memory` (one process: no
   one to share with).
@@ -20,6 +21,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
 
 __all__ = ["DEFAULT_TTL_S", "Lease", "RedisLease", "SqliteLease", "lease_for"]
 
@@ -33,42 +38,56 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class RedisLease:
-    """A lease in Redis. Calling it (awaited) says whether this process holds it now."""
+    """A lease in Redis (redis.asyncio). Calling it (awaited) says whether this process holds
+    it now."""
 
     def __init__(self, url: str, name: str, *, ttl_s: float = DEFAULT_TTL_S) -> None:
-        from .shared_redis import redis_client
+        from .redis_conn import LoopRedis, Outage
 
-        self._client = redis_client(url)
-        self._renew = self._client.register_script(_RENEW)
+        self._clients = LoopRedis(url)  # the sweeper's loop; a test's loop
+        self._renew: AsyncScript | None = None
+        self._outage = Outage("sweeper lease", "skipping sweeper passes until it is back")
         self.name = name
         self.token = secrets.token_hex(16)  # this holder; never a secret of the deployment
         self._ttl_ms = int(ttl_s * 1000)
 
-    def _hold(self) -> bool:
-        import redis
-
-        try:
-            if self._renew(keys=[self.name], args=[self.token, self._ttl_ms]):
-                return True
-            return bool(self._client.set(self.name, self.token, nx=True, px=self._ttl_ms))
-        except redis.RedisError as exc:  # no Redis, no lease: skip the pass, try again later
-            log.warning("sweeper lease unavailable (%s)", type(exc).__name__)
-            return False
-
     async def __call__(self) -> bool:
-        return await asyncio.to_thread(self._hold)
+        from .redis_conn import REDIS_ERRORS
 
-    def release(self) -> None:
-        import redis
-
+        client = self._clients.current()
+        if self._renew is None:
+            self._renew = client.register_script(_RENEW)
         try:
-            if self._client.get(self.name) == self.token:
-                self._client.delete(self.name)
-        except redis.RedisError:
+            if await self._renew(keys=[self.name], args=[self.token, self._ttl_ms], client=client):
+                held = True
+            else:
+                held = bool(await client.set(self.name, self.token, nx=True, px=self._ttl_ms))
+        except REDIS_ERRORS as exc:  # no Redis, no lease: skip the pass, try again later
+            self._outage.failed(exc)
+            return False
+        self._outage.worked()
+        return held
+
+    async def release(self) -> None:
+        """Give the lease up now (the next replica need not wait for it to lapse)."""
+        from .redis_conn import REDIS_ERRORS
+
+        client = self._clients.current()
+        try:
+            await client.eval(_RELEASE, 1, self.name, self.token)
+        except REDIS_ERRORS:
             pass  # it lapses by itself
+        finally:
+            await self._clients.aclose_current()
 
 
 class SqliteLease:
@@ -120,9 +139,12 @@ class SqliteLease:
             conn.close()
 
     async def __call__(self) -> bool:
-        return await asyncio.to_thread(self._hold)
+        return await asyncio.to_thread(self._hold)  # a local file: a thread is enough
 
-    def release(self) -> None:
+    async def release(self) -> None:
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
         conn = self._connect()
         try:
             conn.execute(
@@ -134,7 +156,13 @@ class SqliteLease:
             conn.close()
 
 
-Lease = RedisLease | SqliteLease
+class Lease(Protocol):
+    """What the sweeper holds: `await lease()` (held now?) each pass, `await release()` at
+    shutdown. Neither blocks the event loop."""
+
+    async def __call__(self) -> bool: ...
+
+    async def release(self) -> None: ...
 
 
 def lease_for(url: str, *, prefix: str, ttl_s: float = DEFAULT_TTL_S) -> Lease | None:

@@ -1,18 +1,17 @@
 """Shared state in Redis (`shared.url: redis://...`): health, rate windows, callback nudges.
 
-- `RedisHealthStore`: one JSON record per backend, changed with WATCH/MULTI/EXEC (an
-  optimistic compare-and-set, retried), so replicas never lose each other's verdicts. The
-  health tracker is synchronous and asks on every routing decision, so this uses redis-py's
-  blocking client with short socket timeouts (a loopback round trip is well under a
-  millisecond). When Redis is unreachable it keeps serving from a local in-memory copy (each
-  replica then learns outages alone, as before) and says so once in the log.
+Everything here is redis-py asyncio; nothing blocks the caller's event loop.
+
+- `RedisHealthStore` (shared_redis_health.py): health records in a local mirror that reads
+  answer from memory, kept in step with Redis by compare-and-set pushes and change notices.
 - `RedisRateWindow`: the gateway's per-key requests-per-minute window as a sorted set,
   counted and trimmed by one Lua script (atomic across replicas).
-- `RedisNudges`: callback nudges on a pub/sub channel (redis-py asyncio), so a provider
-  callback that lands on replica B wakes the poll that replica A is running.
+- `RedisNudges`: callback nudges on a pub/sub channel, so a provider callback that lands on
+  replica B wakes the poll that replica A is running.
 
 Every key starts with the store's prefix (default `imagerouter:`), so tests and several
-fleets can share one Redis.
+fleets can share one Redis. Redis down: health and rpm windows keep working from this
+process's own state, nudges are dropped (polls still run), and each says so once in the log.
 """
 
 from __future__ import annotations
@@ -24,124 +23,23 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Protocol
 
-import redis
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
-from ..health_store import (
-    BackendHealth,
-    BackendKey,
-    MemoryHealthStore,
-    key_from_text,
-    key_text,
-)
+from .redis_conn import DEFAULT_PREFIX, REDIS_ERRORS, TIMEOUT_S, LoopRedis, Outage
+from .shared_redis_health import RedisHealthStore
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "LoopRedis",
     "RedisHealthStore",
     "RedisNudges",
     "RedisRateWindow",
-    "redis_client",
 ]
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-DEFAULT_PREFIX = "imagerouter:"
-_TIMEOUT_S = 2.0
-_CAS_ATTEMPTS = 50
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A blocking client with timeouts short enough that a dead Redis never stalls routing."""
-    return redis.Redis.from_url(
-        url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S, decode_responses=True
-    )
-
-
-class RedisHealthStore:
-    """Health records shared by every process that uses the same Redis and prefix."""
-
-    def __init__(
-        self, url: str, *, prefix: str = DEFAULT_PREFIX, client: redis.Redis | None = None
-    ) -> None:
-        self._client = client if client is not None else redis_client(url)
-        self._prefix = prefix
-        self._index = f"{prefix}health:index"
-        self._local = MemoryHealthStore()  # used only while Redis is unreachable
-        self._warned = False
-
-    def _name(self, key: BackendKey) -> str:
-        return f"{self._prefix}health:{key_text(key)}"
-
-    def get(self, key: BackendKey) -> BackendHealth | None:
-        try:
-            raw = self._client.get(self._name(key))
-        except redis.RedisError as exc:
-            self._degraded(exc)
-            return self._local.get(key)
-        return None if raw is None else _load(str(raw))
-
-    def put(self, key: BackendKey, record: BackendHealth) -> None:
-        try:
-            with self._client.pipeline() as pipe:
-                pipe.set(self._name(key), _dump(record))
-                pipe.sadd(self._index, key_text(key))
-                pipe.execute()
-        except redis.RedisError as exc:
-            self._degraded(exc)
-            self._local.put(key, record)
-
-    def items(self) -> list[tuple[BackendKey, BackendHealth]]:
-        try:
-            names = sorted(str(n) for n in self._client.smembers(self._index))
-            raws = self._client.mget([f"{self._prefix}health:{n}" for n in names]) if names else []
-        except redis.RedisError as exc:
-            self._degraded(exc)
-            return self._local.items()
-        return [
-            (key_from_text(name), _load(str(raw)))
-            for name, raw in zip(names, raws, strict=True)
-            if raw is not None
-        ]
-
-    def update(self, key: BackendKey, change: Callable[[BackendHealth], T]) -> T:
-        name = self._name(key)
-        try:
-            with self._client.pipeline() as pipe:
-                for _ in range(_CAS_ATTEMPTS):
-                    try:
-                        pipe.watch(name)  # type: ignore[no-untyped-call]
-                        raw = pipe.get(name)
-                        record = BackendHealth() if raw is None else _load(str(raw))
-                        result = change(record)
-                        pipe.multi()
-                        pipe.set(name, _dump(record))
-                        pipe.sadd(self._index, key_text(key))
-                        pipe.execute()  # WatchError when another process wrote `name`
-                        return result
-                    except redis.WatchError:
-                        continue
-            raise redis.RedisError(f"no compare-and-set after {_CAS_ATTEMPTS} attempts")
-        except redis.RedisError as exc:
-            self._degraded(exc)
-            return self._local.update(key, change)
-
-    def _degraded(self, exc: Exception) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning(
-                "shared health store unreachable (%s); using this process's own "
-                "health records until it is back",
-                type(exc).__name__,
-            )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __repr__(self) -> str:
-        return f"RedisHealthStore(prefix={self._prefix!r})"
 
 
 # KEYS[1] the window; ARGV: now, window seconds, limit, a unique member. Returns nil when
@@ -160,45 +58,68 @@ return false
 """
 
 
+class LocalWindow(Protocol):
+    """What counts while Redis is unreachable (gateway.key_limits.RateWindow)."""
+
+    def admit(self) -> float | None: ...
+
+
 class RedisRateWindow:
     """At most `limit` admissions in any `window_s` seconds across every replica.
 
-    Same interface as gateway.key_limits.RateWindow. The clock must be shared between
-    processes (wall time, the default). Redis unreachable: the window is kept locally.
+    The async twin of gateway.key_limits.RateWindow. The clock must be shared between
+    processes (wall time, the default). Redis unreachable: `fallback` counts (or, without one,
+    every call is admitted), Redis is tried again every few seconds, and the outage is
+    logged once.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        clients: LoopRedis,
         name: str,
         limit: int,
         *,
         window_s: float = 60.0,
         clock: Callable[[], float] = time.time,
-        fallback: Any = None,
+        fallback: LocalWindow | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.limit = limit
-        self._client = client
+        self._clients = clients
         self._name = name
         self._window_s = window_s
         self._clock = clock
-        self._script = client.register_script(_ADMIT)
-        self._fallback = fallback  # a local RateWindow, or None to admit while Redis is down
+        self._script: AsyncScript | None = None
+        self._fallback = fallback
+        # One Outage may be shared by every key's window: one log line per outage, not per key.
+        self._outage = outage if outage is not None else Outage(
+            "gateway rpm windows", "counting each replica's calls locally"
+        )
 
-    def admit(self) -> float | None:
+    async def admit(self) -> float | None:
         """Count one call and return None, or return the seconds until one would fit."""
+        if not self._outage.should_try():
+            return self._local()
+        client = self._clients.current()
+        if self._script is None:
+            self._script = client.register_script(_ADMIT)
         try:
-            wait = self._script(
+            wait = await self._script(
                 keys=[self._name],
                 args=[repr(self._clock()), repr(self._window_s), self.limit, uuid.uuid4().hex],
+                client=client,
             )
-        except redis.RedisError as exc:
-            log.warning("shared rate window unreachable (%s); counting locally", type(exc).__name__)
-            return None if self._fallback is None else self._fallback.admit()
+        except REDIS_ERRORS as exc:
+            self._outage.failed(exc)
+            return self._local()
+        self._outage.worked()
         if wait is None:
             return None
         seconds = float(wait)
         return seconds if math.isfinite(seconds) else self._window_s
+
+    def _local(self) -> float | None:
+        return None if self._fallback is None else self._fallback.admit()
 
 
 class RedisNudges:
@@ -217,11 +138,13 @@ class RedisNudges:
         self.channel = f"{prefix}nudges"
         self._client: aioredis.Redis | None = None
         self.ready = asyncio.Event()  # set once `run` is subscribed (tests wait on it)
+        self._outage = Outage("callback nudges", "polls run on their own schedule")
 
     def _connection(self) -> aioredis.Redis:
         if self._client is None:
+            # No socket timeout: the subscriber waits for messages as long as there are none.
             self._client = aioredis.Redis.from_url(
-                self._url, socket_connect_timeout=_TIMEOUT_S, decode_responses=True
+                self._url, socket_connect_timeout=TIMEOUT_S, decode_responses=True
             )
         return self._client
 
@@ -229,8 +152,8 @@ class RedisNudges:
         """Tell every replica; the number that heard it (0 when Redis is unreachable)."""
         try:
             heard = await self._connection().publish(self.channel, json.dumps([provider, task_id]))
-        except redis.RedisError as exc:
-            log.warning("could not publish a callback nudge (%s)", type(exc).__name__)
+        except REDIS_ERRORS as exc:
+            self._outage.failed(exc)
             return 0
         return int(heard)
 
@@ -241,13 +164,14 @@ class RedisNudges:
                 pubsub = self._connection().pubsub()
                 async with pubsub:
                     await pubsub.subscribe(self.channel)
+                    self._outage.worked()
                     self.ready.set()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._handle(str(message.get("data")))
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self.ready.clear()
-                log.warning("callback nudges: Redis unreachable (%s); retrying", type(exc).__name__)
+                self._outage.failed(exc)
                 await asyncio.sleep(1.0)
 
     def _handle(self, data: str) -> None:
@@ -262,11 +186,3 @@ class RedisNudges:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-def _dump(record: BackendHealth) -> str:
-    return json.dumps(record.to_dict())
-
-
-def _load(raw: str) -> BackendHealth:
-    return BackendHealth.from_dict(json.loads(raw))

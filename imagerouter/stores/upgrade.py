@@ -32,11 +32,15 @@ def _recorded(url: str) -> list[str]:
     if is_postgres_url(url):
         import psycopg
 
+        from .postgres import conninfo, unavailable
+
         try:
-            with psycopg.connect(url, autocommit=True) as conn:
+            with psycopg.connect(conninfo(url), autocommit=True) as conn:
                 rows = conn.execute("SELECT name FROM _migrations").fetchall()
         except psycopg.errors.UndefinedTable:
             return []
+        except psycopg.OperationalError as exc:
+            raise unavailable(url, exc) from None
         except psycopg.Error as exc:
             raise sqlite3.OperationalError(f"postgresql: {exc}") from None
         return [str(row[0]) for row in rows]
