@@ -538,7 +538,7 @@ def test_provider_settings_for_an_unconfigured_provider_are_defaults() -> None:
 
 
 def test_defaults_ship_as_package_data() -> None:
-    assert importlib.resources.files("imagerouter").joinpath("defaults.yaml").is_file()
+    assert importlib.resources.files("imagerouter.config").joinpath("defaults.yaml").is_file()
     config = default_config()
     assert config.source == BUILTIN_SOURCE
     assert config.routing.strategy == "cheapest"
